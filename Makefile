@@ -1,0 +1,30 @@
+# The two front-door commands (see README):
+#   make tiny   - install into .venv and run the tiny preset end to end on the CPU
+#   make test   - install into .venv and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= all
+TARGET ?= eval_all
+
+.PHONY: install tiny test test-all lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+tiny: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake $(TARGET) --cores $(CORES) --configfile configs/tiny.yaml
+
+test: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
+
+test-all: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m ''
+
+lint: install
+	$(VENV)/bin/ruff check exoflow workflow_scripts tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake --lint --configfile configs/tiny.yaml

@@ -1,0 +1,75 @@
+"""Preprocessing rules of raw HH dialogues, on small hand-written dialogues."""
+
+import pytest
+
+from exoflow import hh
+
+
+def d(*turns):
+    return "".join(f"\n\n{t}" for t in turns)
+
+
+def test_single_turn():
+    pair = hh.to_pair(d("Human: Hi there", "Assistant: Hello!"), d("Human: Hi there", "Assistant: Go away."))
+    assert pair == {"prompt": "\n\nHuman: Hi there\n\nAssistant:", "chosen": " Hello!", "rejected": " Go away."}
+
+
+def test_shared_prefix_and_later_turns_ignored():
+    shared = ("Human: A?", "Assistant: B.", "Human: C?")
+    pair = hh.to_pair(d(*shared, "Assistant: good", "Human: thanks", "Assistant: welcome"),
+                      d(*shared, "Assistant: bad", "Human: what?"))
+    assert pair["prompt"] == "\n\nHuman: A?\n\nAssistant: B.\n\nHuman: C?\n\nAssistant:"
+    assert (pair["chosen"], pair["rejected"]) == (" good", " bad")
+
+
+def test_multi_paragraph_turns_are_joined():
+    chosen = d("Human: List two things.", "Assistant: Here:", "1. one", "2. two")
+    rejected = d("Human: List two things.", "Assistant: No.")
+    pair = hh.to_pair(chosen, rejected)
+    assert pair["chosen"] == " Here:\n\n1. one\n\n2. two"
+    turns = hh.split_turns(chosen)
+    assert [t.role for t in turns] == ["Human", "Assistant"]
+
+
+def test_multi_paragraph_prompt_turn_kept_verbatim():
+    human = ("Human: Read this:", "some quoted text", "and more")
+    pair = hh.to_pair(d(*human, "Assistant: ok"), d(*human, "Assistant: no"))
+    assert pair["prompt"] == "\n\nHuman: Read this:\n\nsome quoted text\n\nand more\n\nAssistant:"
+
+
+def test_humans_tag_normalised():
+    pair = hh.to_pair(d("Humans: hey", "Assistant: yes"), d("Human: hey", "Assistant: no"))
+    assert pair["prompt"] == "\n\nHuman: hey\n\nAssistant:"
+    assert hh.normalise(d("Humans: a", "Assistant: b")) == d("Human: a", "Assistant: b")
+
+
+def test_leading_space_same_way_for_both():
+    pair = hh.to_pair(d("Human: q", "Assistant:no space"), d("Human: q", "Assistant:   many  \n"))
+    assert (pair["chosen"], pair["rejected"]) == (" no space", " many")
+
+
+@pytest.mark.parametrize("reason,chosen,rejected", [
+    ("identical", d("Human: q", "Assistant: a"), d("Human: q", "Assistant: a")),
+    ("identical", d("Human: q", "Assistant: a"), d("Human: q", "Assistant: a  ")),
+    ("empty_response", d("Human: q", "Assistant: a"), d("Human: q", "Assistant: ")),
+    ("empty_response", d("Human: q", "Assistant:  \n "), d("Human: q", "Assistant: a")),
+    ("not_human_first", d("Assistant: hi", "Human: q", "Assistant: a"), d("Assistant: hi", "Human: q", "Assistant: b")),
+    ("not_human_first", "no tags at all", d("Human: q", "Assistant: b")),
+    ("not_assistant_turn", d("Human: q1", "Assistant: a"), d("Human: q2", "Assistant: a")),
+    ("not_assistant_turn", d("Human: q", "Assistant: a"), d("Human: q", "Assistant: a", "Human: more")),
+])
+def test_drops(reason, chosen, rejected):
+    with pytest.raises(hh.Dropped) as e:
+        hh.to_pair(chosen, rejected)
+    assert e.value.reason == reason
+
+
+def test_whitespace_only_turn_in_prompt_is_kept():
+    shared = ("Human: q", "Assistant: a", "Human:   ")
+    pair = hh.to_pair(d(*shared, "Assistant: x"), d(*shared, "Assistant: y"))
+    assert pair["prompt"] == "\n\nHuman: q\n\nAssistant: a\n\nHuman:   \n\nAssistant:"
+
+
+def test_pair_to_rewards():
+    rec = hh.pair_to_rewards({"prompt": "P", "chosen": " c", "rejected": " r"})
+    assert rec == {"prompt": "P", "completions": [" c", " r"], "rewards": [1.0, 0.0]}
