@@ -1,0 +1,82 @@
+"""Summed response log-probabilities of a causal LM, at a sampling temperature.
+
+This is the ℓ building block of the EXO/DPO losses (:mod:`exoflow.losses`): for the
+policy and for the frozen reference, Σ over response tokens of log softmax(z / τ) at the
+token, prompt and padding masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["response_logps"]
+
+# Positions processed per chunk are capped so that a chunk of fp32 logits stays under
+# about this many elements (2**26 floats = 256 MiB).
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def response_logps(
+    logits: Tensor,
+    input_ids: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Σ_t mask[t] · log softmax(logits[t−1] / τ)[input_ids[t]] for each sequence.
+
+    ``logits`` (B, T, V) from a causal LM run over ``input_ids`` (B, T), so ``logits[:, t]``
+    predicts ``input_ids[:, t+1]`` (the shift by one happens here). ``loss_mask`` (B, T)
+    (bool, int or float) is 1 on response tokens — the tokens being predicted — and 0 on
+    prompt and padding, left or right; position 0 has no logits predicting it, so
+    ``loss_mask[:, 0]`` must be 0. Token ids under a 0 mask are never read (pad ids such
+    as −100 are fine). Returns (B,) in float32 (float64 if the logits are), differentiable
+    w.r.t. ``logits``; a row with no response tokens gives 0.
+
+    Memory: only the masked positions are evaluated, in chunks of ``chunk_size`` positions
+    (default: ~256 MiB of fp32 per chunk), as the gathered logit minus the logsumexp — no
+    full (B, T, V) log-softmax (or fp32 copy of the logits) is built. Under autograd the
+    per-chunk fp32 inputs are kept for the backward pass, as any log-softmax would.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, T, V), got shape {tuple(logits.shape)}")
+    b, t, v = logits.shape
+    if input_ids.shape != (b, t) or loss_mask.shape != (b, t):
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and loss_mask {tuple(loss_mask.shape)} must "
+            f"both be (B, T) = {(b, t)} to match logits {tuple(logits.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if t > 0 and bool((loss_mask[:, 0] != 0).any()):
+        raise ValueError(
+            "loss_mask[:, 0] is nonzero: the first token has no preceding logits to predict it; "
+            "loss_mask marks predicted (response) tokens in input_ids, never position 0"
+        )
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    out = torch.zeros(b, dtype=dtype, device=logits.device)
+    if t < 2:
+        return out + 0.0 * logits.sum()  # keep the graph connected
+
+    mask = loss_mask[:, 1:]
+    rows, cols = (mask != 0).nonzero(as_tuple=True)  # cols index logits[:, :-1]
+    if rows.numel() == 0:
+        return out + 0.0 * logits.sum()
+    weights = mask[rows, cols].to(dtype)
+    targets = input_ids[:, 1:][rows, cols].long()
+    if bool(((targets < 0) | (targets >= v)).any()):
+        raise ValueError(f"a response token id is outside the vocabulary [0, {v})")
+
+    step = chunk_size or max(1, _CHUNK_ELEMENTS // max(v, 1))
+    inv_tau = 1.0 / float(temperature)
+    pieces = []
+    for start in range(0, rows.numel(), step):
+        r, c = rows[start : start + step], cols[start : start + step]
+        z = logits[r, c].to(dtype)  # (n, V): only the positions that are scored
+        if inv_tau != 1.0:
+            z = z * inv_tau
+        tok = z.gather(-1, targets[start : start + step, None]).squeeze(-1)
+        pieces.append(tok - torch.logsumexp(z, dim=-1))
+    per_token = torch.cat(pieces) * weights
+    return out.index_add(0, rows, per_token)
