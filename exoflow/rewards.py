@@ -1,0 +1,183 @@
+"""Scoring (prompt, response) pairs with the reward model.
+
+One scorer, two uses:
+
+* **label**: ``label_file`` adds ``"rewards"`` (one float per completion) to sample records
+  ``{"prompt", "completions"}``: the data of the ``*-rw`` alignment runs.
+* **eval**: ``eval_file`` scores a sample file, or a preference file (``{"prompt",
+  "chosen", "rejected"}``, the dataset's own responses as a reference line), writes the
+  scored records and a ``reward.json`` summary.
+
+RM inputs follow ``batching.encode_pair(add_eos=False)``: no EOS, so the head (which reads
+the last non-pad token) sees the last response token. Sequences are length-sorted
+(``batching.length_sorted_batches``) and right-padded to their batch's longest.
+
+``reward.json`` for a sample file::
+
+    {"kind": "samples", "mean", "std", "count", "ci95_low", "ci95_high", "num_prompts"}
+
+over all completions (``summarize_rewards``); for a preference file::
+
+    {"kind": "pref", "chosen": {mean, std, count, ci95_low, ci95_high}, "rejected": {...},
+     "accuracy": P(r_chosen > r_rejected) (ties count 1/2), "margin": mean(r_c - r_r),
+     "num_pairs"}
+
+Example::
+
+    from exoflow.rewards import eval_file
+    eval_file("results/tiny/models/rm", "results/tiny/data/pref/test.jsonl",
+              "rewards.jsonl", "reward.json", batch_size=64, max_len=256, max_gen_len=64)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+import torch
+
+from .batching import encode_pair, length_sorted_batches, pad_batch
+
+
+def summarize_rewards(values) -> dict:
+    """Mean, sample std (ddof=1), count and the normal 95% interval of the mean.
+
+    ``ci95 = mean ± 1.96 · std / sqrt(count)``; with one value the std is 0 and the
+    interval is the point.
+
+    >>> s = summarize_rewards([1, 2, 3, 4])
+    >>> round(s["mean"], 4), round(s["std"], 5), s["count"], round(s["ci95_low"], 4)
+    (2.5, 1.29099, 4, 1.2348)
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("summarize_rewards: no values")
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = 1.96 * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "count": n, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int,
+                max_len: int, max_gen_len: int, progress: bool = True) -> list[float]:
+    """The reward of each (prompt, response) pair, in input order."""
+    from tqdm.auto import tqdm
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    pad_id = tokenizer.pad_token_id
+    if getattr(model.config, "pad_token_id", None) != pad_id:
+        # The head finds the last token by comparing with config.pad_token_id.
+        raise ValueError(f"reward model config.pad_token_id={model.config.pad_token_id} but the "
+                         f"tokenizer pads with {pad_id}; load it with "
+                         "modeling.load_reward_model(..., pad_token_id=tokenizer.pad_token_id)")
+    device = next(model.parameters()).device
+    items = [encode_pair(tokenizer, p, r, max_len, max_gen_len, add_eos=False)
+             for p, r in zip(prompts, responses)]
+    rewards = [0.0] * len(items)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(items), desc="scoring", unit="seq", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(x) for x in items], batch_size):
+                batch = pad_batch([items[k] for k in idx], pad_id, side="right")
+                out = model(input_ids=batch["input_ids"].to(device),
+                            attention_mask=batch["attention_mask"].to(device)).logits  # (B, 1)
+                for k, v in zip(idx, out[:, 0].float().tolist()):
+                    rewards[k] = v
+                bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return rewards
+
+
+def load_scorer(rm_dir, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) of a reward-model folder, on CUDA when available."""
+    from .modeling import load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(str(rm_dir), padding_side="right")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_reward_model(str(rm_dir), dtype=dtype, pad_token_id=tok.pad_token_id)
+    return model.to(device).eval(), tok
+
+
+def _file_kind(records: list, in_file) -> str:
+    """"samples" (prompt + completions) or "pref" (prompt + chosen + rejected)."""
+    kinds = set()
+    for n, r in enumerate(records, start=1):
+        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str):
+            raise ValueError(f"{in_file}: record {n} has no string 'prompt'")
+        if isinstance(r.get("completions"), list):
+            kinds.add("samples")
+        elif isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str):
+            kinds.add("pref")
+        else:
+            raise ValueError(f"{in_file}: record {n} has neither a 'completions' list nor "
+                             "'chosen' and 'rejected' strings")
+    if len(kinds) != 1:
+        raise ValueError(f"{in_file}: mixes sample and preference records" if kinds
+                         else f"{in_file}: no records")
+    return kinds.pop()
+
+
+def _score_samples(model, tok, records, batch_size, max_len, max_gen_len) -> list[dict]:
+    """``records`` with ``"rewards"`` (one per completion) added."""
+    flat = [(n, c) for n, r in enumerate(records) for c in r["completions"]]
+    values = score_texts(model, tok, [records[n]["prompt"] for n, _ in flat],
+                         [c for _, c in flat], batch_size, max_len, max_gen_len)
+    out = [dict(r, rewards=[]) for r in records]
+    for (n, _), v in zip(flat, values):
+        out[n]["rewards"].append(v)
+    return out
+
+
+def label_file(rm_dir, in_file, out_file, batch_size: int, max_len: int, max_gen_len: int,
+               dtype: str | None = None, device: str | None = None) -> int:
+    """Add ``"rewards"`` to every sample record of ``in_file``; returns the record count."""
+    from .io import read_records, write_records
+
+    records = read_records(in_file)
+    if _file_kind(records, in_file) != "samples":
+        raise ValueError(f"{in_file}: label mode needs sample records {{prompt, completions}}")
+    model, tok = load_scorer(rm_dir, dtype, device)
+    return write_records(out_file, _score_samples(model, tok, records, batch_size, max_len,
+                                                  max_gen_len))
+
+
+def eval_file(rm_dir, in_file, out_file, summary_json, batch_size: int, max_len: int,
+              max_gen_len: int, dtype: str | None = None, device: str | None = None) -> dict:
+    """Score a sample or preference file; write scored records and the summary (returned).
+
+    Preference records become ``{"prompt", "completions": [chosen, rejected],
+    "rewards": [r_chosen, r_rejected]}``. See the module docstring for the summary.
+    """
+    from .io import read_records, write_json, write_records
+
+    records = read_records(in_file)
+    kind = _file_kind(records, in_file)
+    model, tok = load_scorer(rm_dir, dtype, device)
+    if kind == "pref":
+        records = [{"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]]}
+                   for r in records]
+    scored = _score_samples(model, tok, records, batch_size, max_len, max_gen_len)
+    if kind == "pref":
+        rc = [r["rewards"][0] for r in scored]
+        rr = [r["rewards"][1] for r in scored]
+        wins = sum(1.0 if c > j else 0.5 if c == j else 0.0 for c, j in zip(rc, rr))
+        summary = {"kind": "pref", "chosen": summarize_rewards(rc),
+                   "rejected": summarize_rewards(rr), "accuracy": wins / len(rc),
+                   "margin": statistics.fmean(c - j for c, j in zip(rc, rr)),
+                   "num_pairs": len(rc)}
+    else:
+        values = [v for r in scored for v in r["rewards"]]
+        if not values:
+            raise ValueError(f"{in_file}: no completions to score")
+        summary = {"kind": "samples", **summarize_rewards(values), "num_prompts": len(scored)}
+    write_records(out_file, scored)
+    write_json(summary_json, summary)
+    return summary

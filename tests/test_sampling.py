@@ -1,0 +1,240 @@
+"""Sampling: turn cuts, seeds, order, left padding, early stopping, completion log-probs."""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from exoflow.io import read_records, write_records
+from exoflow.modeling import build_scratch_model, load_tokenizer, train_tokenizer
+from exoflow.sampling import (
+    SampleParams,
+    _turn_end_tokens,
+    _turn_stopper,
+    completion_logps,
+    cut_at_turn,
+    sample_completions,
+    sample_file,
+)
+
+WORDS = "the cat dog sat on mat why how what is are you I can help with that sure no yes".split()
+TINY = dict(hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=256)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dialogue(rng, n_words):
+    return "\n\nHuman: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "\n\nAssistant:"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and 2 threads on a shared CPU can be 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    rng = random.Random(0)
+    texts = [dialogue(rng, rng.randint(3, 30)) + " Sure. Fine." for _ in range(200)]
+    d = tmp_path_factory.mktemp("tok")
+    train_tokenizer(texts, 300, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return load_tokenizer(str(tok_dir), padding_side="left")
+
+
+@pytest.fixture(scope="module")
+def lm(tok):
+    return build_scratch_model(TINY, tok, seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(1)
+    # very different lengths, so length sorting reorders them
+    return [dialogue(rng, n) for n in (2, 40, 5, 25, 1, 60, 12)]
+
+
+def kw(**over):
+    d = dict(num_return=2, temperature=0.8, top_k=0, max_new_tokens=10, max_len=128,
+             batch_size=3, seed=0, progress=False)
+    d.update(over)
+    return d
+
+
+# ---- cut_at_turn -----------------------------------------------------------------------
+
+def test_cut_at_next_human_turn():
+    assert cut_at_turn(" Sure.\n\nHuman: more") == " Sure."
+
+
+def test_no_cut_without_marker():
+    assert cut_at_turn(" Sure. Human: no newlines\nAssistant: here") == \
+        " Sure. Human: no newlines\nAssistant: here"
+
+
+def test_cut_at_assistant_turn_and_first_marker_wins():
+    assert cut_at_turn(" a\n\nAssistant: b\n\nHuman: c") == " a"
+    assert cut_at_turn("\n\nHuman: at once") == ""
+
+
+# ---- sample_completions ----------------------------------------------------------------
+
+def test_seeded_reproducible_and_seed_dependent(lm, tok, prompts):
+    a = sample_completions(lm, tok, prompts, **kw(num_return=3))
+    b = sample_completions(lm, tok, prompts, **kw(num_return=3))
+    c = sample_completions(lm, tok, prompts, **kw(num_return=3, seed=1))
+    assert a == b
+    assert a != c
+    assert all(len(x) == 3 for x in a)
+    assert any(len(set(x)) > 1 for x in a)  # the returns of a prompt are distinct draws
+
+
+def test_samples_do_not_depend_on_batching_or_num_prompts(lm, tok, prompts):
+    one = sample_completions(lm, tok, prompts, **kw(batch_size=1))
+    many = sample_completions(lm, tok, prompts, **kw(batch_size=4))
+    first = sample_completions(lm, tok, prompts[:3], **kw(batch_size=2))
+    assert one == many
+    assert first == one[:3]
+
+
+def test_greedy_left_padding_matches_unpadded_generate(lm, tok, prompts):
+    batched = sample_completions(lm, tok, prompts, **kw(temperature=0.0, batch_size=7))
+    single = sample_completions(lm, tok, prompts, **kw(temperature=0.0, batch_size=1))
+    assert batched == single
+    for p, outs in zip(prompts, batched):  # reference: transformers, no padding at all
+        ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]])
+        ref = lm.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+        assert outs == [cut_at_turn(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True))] * 2
+
+
+def test_sample_file_keeps_input_order(lm, tok, tok_dir, prompts, tmp_path):
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    recs = [{"prompt": p, "chosen": " yes", "rejected": " no"} for p in prompts]
+    write_records(tmp_path / "pref.jsonl", recs)
+    params = SampleParams.from_dict({"num_return": 2, "temperature": 0.8, "top_k": 0,
+                                     "max_new_tokens": 6, "max_len": 128, "batch_size": 3,
+                                     "score_batch_size": 8})
+    sample_file(tmp_path / "lm", tmp_path / "pref.jsonl", tmp_path / "s.jsonl", params, seed=3)
+    out = read_records(tmp_path / "s.jsonl")
+    assert [r["prompt"] for r in out] == prompts
+    assert all(set(r) == {"prompt", "completions"} and len(r["completions"]) == 2 for r in out)
+    ref = sample_completions(lm, tok, prompts, **kw(max_new_tokens=6, seed=3, batch_size=7))
+    assert [r["completions"] for r in out] == ref
+
+    sample_file(tmp_path / "lm", tmp_path / "pref.jsonl", tmp_path / "s3.jsonl", params, seed=3,
+                num_prompts=3)
+    assert read_records(tmp_path / "s3.jsonl") == out[:3]
+
+
+def test_params_refuse_unknown_keys():
+    with pytest.raises(ValueError, match="unknown sampling parameter.*temprature"):
+        SampleParams.from_dict({"temprature": 0.8})
+    with pytest.raises(ValueError, match="temperature"):
+        SampleParams.from_dict({"temperature": -1})
+    p = SampleParams.from_dict({"num_prompts": 128, "checkpoints": 3, "score_batch_size": 64})
+    assert p.num_prompts == 128
+
+
+# ---- stopping --------------------------------------------------------------------------
+
+def test_turn_stopper_fires_when_marker_completes(lm, tok):
+    ends = _turn_end_tokens(tok, lm.config.vocab_size)
+    prompt = tok("\n\nHuman: hi\n\nAssistant:", add_special_tokens=False)["input_ids"]
+    gen = tok(" Sure.\n\nHuman: more", add_special_tokens=False)["input_ids"]
+    stop = _turn_stopper(tok, ends, len(prompt))
+    fired = [bool(stop(torch.tensor([prompt + gen[:k]]), None)[0]) for k in range(1, len(gen) + 1)]
+    first = fired.index(True)
+    assert tok.decode(gen[:first + 1]) == " Sure.\n\nHuman:"  # not earlier: the prompt's own
+    assert not any(fired[:first])                              # markers do not count
+
+
+@pytest.fixture(scope="module")
+def parrot(tok):
+    """A tiny LM overfitted to two dialogues: one writes the next Human turn, one ends in EOS."""
+    torch.manual_seed(0)
+    model = build_scratch_model(TINY, tok, seed=1)
+    pa, pb = "\n\nHuman: hi\n\nAssistant:", "\n\nHuman: bye now\n\nAssistant:"
+    seqs = [tok(pa + " Sure.\n\nHuman: more more more more more", add_special_tokens=False)["input_ids"],
+            tok(pb + " Fine.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] * 3]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = sum(model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss for s in seqs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), [pa, pb]
+
+
+def test_generation_stops_at_turn_and_eos(parrot, tok):
+    model, ps = parrot
+    calls = []
+    h = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = sample_completions(model, tok, ps, **kw(num_return=2, temperature=0.8,
+                                                     max_new_tokens=60, batch_size=2))
+    finally:
+        h.remove()
+    assert out == [[" Sure.", " Sure."], [" Fine.", " Fine."]]
+    n_turn = len(tok(" Sure.\n\nHuman:", add_special_tokens=False)["input_ids"])
+    assert len(calls) == n_turn  # the batch stopped as soon as the last row ended
+
+
+# ---- completion_logps ------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_completion_logps_matches_hand_loop(lm, tok, prompts, temperature):
+    comps = [[" yes", " the cat sat on the mat"], [" no"], [" why"], [" sure that is", " a"],
+             [" help"], [" I can"], [" what is"]]
+    got = completion_logps(lm, tok, prompts, comps, max_len=256, max_gen_len=64, batch_size=3,
+                           temperature=temperature)
+    for p, cs, g in zip(prompts, comps, got):
+        assert len(g) == len(cs)
+        for c, v in zip(cs, g):
+            pi = tok(p, add_special_tokens=False)["input_ids"]
+            ri = tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = torch.tensor([pi + ri])
+            with torch.no_grad():
+                lp = torch.log_softmax(lm(input_ids=ids).logits[0] / temperature, -1)
+            hand = sum(lp[len(pi) + t - 1, r].item() for t, r in enumerate(ri))
+            assert v == pytest.approx(hand, abs=1e-5)
+
+
+# ---- CLI -------------------------------------------------------------------------------
+
+def _cli(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow_scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sample_cli(lm, tok, prompts, tmp_path, capsys):
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    write_records(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts])
+    section = {"num_prompts": 4, "num_return": 3, "temperature": 0.8, "top_k": 0,
+               "max_new_tokens": 5, "max_len": 64, "checkpoints": 3, "batch_size": 2,
+               "score_batch_size": 4}
+    cli = _cli("sample")
+    cli.main(["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
+              "--output", str(tmp_path / "out.jsonl"), "--params", json.dumps(section),
+              "--seed", "7", "--num-threads", "1"])
+    out = read_records(tmp_path / "out.jsonl")
+    assert [r["prompt"] for r in out] == prompts[:4]
+    assert all(len(r["completions"]) == 3 for r in out)
+    with pytest.raises(SystemExit, match="unknown sampling parameter"):
+        cli.main(["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
+                  "--output", str(tmp_path / "x.jsonl"), "--params", '{"topk": 3}', "--seed", "1"])
