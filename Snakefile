@@ -15,6 +15,8 @@ include: "rules/base.smk"
 include: "rules/sft.smk"
 include: "rules/rm.smk"
 include: "rules/sample.smk"
+include: "rules/align.smk"
+include: "rules/eval.smk"
 
 
 rule all:
@@ -36,3 +38,8 @@ rule models:
 rule labels:
     input:
         label_targets(),
+
+
+rule eval_all:
+    input:
+        eval_all_targets(),

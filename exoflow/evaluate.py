@@ -1,0 +1,390 @@
+"""Evaluating a policy checkpoint (or the SFT model) on the test prompts.
+
+Per checkpoint ``k`` of a run, on the first ``eval.num_prompts`` test prompts with
+``eval.num_return`` samples each (``samples/<run>/ckpt<k>/test.jsonl``, drawn with the
+same seed for every checkpoint, see ``exoflow.sampling``):
+
+* **reward**: the RM reward of every sample, summarised by ``rewards.summarize_rewards``
+  (mean, std, count, normal 95% interval of the mean).
+* **win rate** against the SFT model: sample ``j`` of prompt ``i`` is paired with SFT
+  sample ``j`` of prompt ``i`` (``samples/sft/ckpt0/test.jsonl``); the pair scores 1 if the
+  checkpoint's reward is higher, 0.5 on a tie, else 0. Two identical texts tie whatever
+  their scores (so the SFT model against itself is exactly 0.5, even where batching
+  moves a reward in its last bits).
+* **KL(pi || pi_SFT)**: the mean over the checkpoint's own samples of
+  ``log pi(y|x) - log pi_SFT(y|x)`` (``sampling.completion_logps`` at temperature 1, EOS
+  appended, the whole re-tokenised completion; the prompt keeps the ``eval.max_len``
+  tokens it had when sampling). A checkpoint folder equal to the SFT folder gets exactly 0
+  without a forward pass. The samples are drawn at ``eval.temperature`` (0.8), so this is
+  the paper's estimator rather than an unbiased KL(pi || pi_SFT) at temperature 1: it can
+  come out negative, notably for checkpoints that barely moved.
+* **length**: mean response length in tokens (the SFT tokenizer, no truncation) and in
+  characters: the real-HH RM is close to "shorter answer wins", so length is reported
+  beside every reward.
+* **gold** (synthetic source only): ``synthetic.gold_rewards`` of every sample, its
+  summary, and the gold win rate against the SFT samples.
+
+``reward.json`` of a checkpoint::
+
+    {"kind": "checkpoint", "run", "ckpt", "step", "num_prompts", "num_return",
+     "reward": {mean, std, count, ci95_low, ci95_high},
+     "sft_reward": {...},            # the SFT samples' RM reward on the same prompts
+     "win_rate", "win": {...},       # the mean of the pair scores, and their summary
+     "kl", "kl_terms": {...},        # the KL estimate and the summary of the terms
+     "length_tokens", "length_chars",
+     "gold": {...}, "gold_win_rate"  # synthetic source only
+    }
+
+and ``rewards.jsonl`` beside it holds one record per prompt: ``prompt``, ``completions``,
+``rewards``, ``sft_rewards``, ``wins``, ``logps``, ``sft_logps``, ``lengths`` (tokens) and,
+with gold, ``gold`` and ``sft_gold``.
+
+The dataset reference (``eval/dataset/reward.json``) scores the dataset's own chosen and
+rejected responses of the same prompts::
+
+    {"kind": "dataset", "num_prompts",
+     "chosen": {"reward": {...}, "length_tokens", "length_chars", "gold": {...}},
+     "rejected": {...},
+     "accuracy": P(RM prefers chosen), "gold_accuracy": P(gold prefers chosen)}
+
+Example::
+
+    from exoflow.evaluate import EvalParams, eval_checkpoint
+    p = EvalParams(max_len=256, score_batch_size=64, rm_max_len=256, rm_max_gen_len=64)
+    eval_checkpoint("samples/exo-rw_nc2/ckpt1/test.jsonl", "samples/sft/ckpt0/test.jsonl",
+                    "models/rm", "models/sft", "models/align/exo-rw_nc2/ckpt1",
+                    "eval/exo-rw_nc2/ckpt1/reward.json", "eval/exo-rw_nc2/ckpt1/rewards.jsonl",
+                    run="exo-rw_nc2", ckpt=1, step=20, params=p, gold=True)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .rewards import summarize_rewards
+
+
+@dataclass
+class EvalParams:
+    """Sizes of the scoring and log-prob passes (``eval`` section plus the RM's layout)."""
+
+    max_len: int = field(default=512, metadata={"help": "prompt tokens kept when sampling"})
+    score_batch_size: int = field(default=32, metadata={"help": "sequences per forward"})
+    rm_max_len: int = field(default=512, metadata={"help": "RM: prompt + response tokens"})
+    rm_max_gen_len: int = field(default=200, metadata={"help": "RM: response tokens kept"})
+
+    # Keys of the eval section that belong to sampling or to the workflow.
+    TOLERATED = frozenset({"num_return", "temperature", "top_k", "max_new_tokens", "batch_size",
+                           "num_prompts", "checkpoints"})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalParams":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names - cls.TOLERATED)
+        if unknown:
+            raise ValueError(f"unknown eval parameter(s) {unknown}; valid: {sorted(names)} "
+                             f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
+        p = cls(**{k: v for k, v in d.items() if k in names})
+        for name in names:
+            if int(getattr(p, name)) < 1:
+                raise ValueError(f"eval {name} must be >= 1, got {getattr(p, name)}")
+        return p
+
+
+# ---- pure aggregation ------------------------------------------------------------------
+
+def _check_shapes(a: list[list], b: list[list], what: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{what}: {len(a)} prompts vs {len(b)}")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if len(x) != len(y):
+            raise ValueError(f"{what}: prompt {i} has {len(x)} samples vs {len(y)}")
+
+
+def pair_wins(rewards: list[list[float]], sft_rewards: list[list[float]],
+              texts: list[list[str]] | None = None,
+              sft_texts: list[list[str]] | None = None) -> list[list[float]]:
+    """1 / 0.5 / 0 for sample ``j`` of prompt ``i`` against SFT sample ``j`` of prompt ``i``.
+
+    With ``texts`` and ``sft_texts``, identical texts tie whatever their rewards.
+
+    >>> pair_wins([[1, 2], [0, 0]], [[0, 3], [0, 1]])
+    [[1.0, 0.0], [0.5, 0.0]]
+    """
+    _check_shapes(rewards, sft_rewards, "win rate")
+    same = None
+    if texts is not None and sft_texts is not None:
+        _check_shapes(texts, sft_texts, "win rate texts")
+        same = [[a == b for a, b in zip(x, y)] for x, y in zip(texts, sft_texts)]
+    out = []
+    for i, (rs, ss) in enumerate(zip(rewards, sft_rewards)):
+        row = []
+        for j, (r, s) in enumerate(zip(rs, ss)):
+            if (same is not None and same[i][j]) or r == s:
+                row.append(0.5)
+            else:
+                row.append(1.0 if r > s else 0.0)
+        out.append(row)
+    return out
+
+
+def win_rate(rewards: list[list[float]], sft_rewards: list[list[float]],
+             texts: list[list[str]] | None = None,
+             sft_texts: list[list[str]] | None = None) -> float:
+    """The mean of :func:`pair_wins`.
+
+    >>> win_rate([[1, 2], [0, 0]], [[0, 3], [0, 1]])
+    0.375
+    """
+    flat = [w for row in pair_wins(rewards, sft_rewards, texts, sft_texts) for w in row]
+    if not flat:
+        raise ValueError("win rate: no samples")
+    return statistics.fmean(flat)
+
+
+def kl_terms(logps: list[list[float]], sft_logps: list[list[float]]) -> list[list[float]]:
+    """``log pi(y|x) - log pi_SFT(y|x)`` per sample (``y`` drawn from pi)."""
+    _check_shapes(logps, sft_logps, "KL")
+    return [[a - b for a, b in zip(x, y)] for x, y in zip(logps, sft_logps)]
+
+
+def kl_estimate(logps: list[list[float]], sft_logps: list[list[float]]) -> float:
+    """The Monte Carlo estimate of KL(pi || pi_SFT): the mean of :func:`kl_terms`.
+
+    >>> kl_estimate([[-1.0, -2.0], [-3.0, -1.0]], [[-2.0, -2.0], [-2.0, -4.0]])
+    0.75
+    """
+    flat = [t for row in kl_terms(logps, sft_logps) for t in row]
+    if not flat:
+        raise ValueError("KL: no samples")
+    return statistics.fmean(flat)
+
+
+def _flat(rows: list[list]) -> list:
+    return [v for row in rows for v in row]
+
+
+def _reshape(flat: list, like: list[list]) -> list[list]:
+    out, k = [], 0
+    for row in like:
+        out.append(flat[k:k + len(row)])
+        k += len(row)
+    return out
+
+
+def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int) -> dict:
+    """``reward.json`` from the per-prompt records of ``rewards.jsonl`` (see the module)."""
+    if not records:
+        raise ValueError("no records to summarize")
+    rewards = [r["rewards"] for r in records]
+    sft_rewards = [r["sft_rewards"] for r in records]
+    wins = _flat([r["wins"] for r in records])
+    kls = _flat(kl_terms([r["logps"] for r in records], [r["sft_logps"] for r in records]))
+    texts = [r["completions"] for r in records]
+    out = {
+        "kind": "checkpoint", "run": run, "ckpt": int(ckpt), "step": int(step),
+        "num_prompts": len(records),
+        "num_return": max(len(c) for c in texts),
+        "reward": summarize_rewards(_flat(rewards)),
+        "sft_reward": summarize_rewards(_flat(sft_rewards)),
+        "win_rate": statistics.fmean(wins), "win": summarize_rewards(wins),
+        "kl": statistics.fmean(kls), "kl_terms": summarize_rewards(kls),
+        "length_tokens": statistics.fmean(_flat([r["lengths"] for r in records])),
+        "length_chars": statistics.fmean(len(c) for c in _flat(texts)),
+    }
+    if all("gold" in r for r in records):
+        gold, sft_gold = [r["gold"] for r in records], [r["sft_gold"] for r in records]
+        out["gold"] = summarize_rewards(_flat(gold))
+        out["sft_gold"] = summarize_rewards(_flat(sft_gold))
+        out["gold_win_rate"] = win_rate(gold, sft_gold, texts,
+                                        [r["sft_completions"] for r in records])
+    return out
+
+
+# ---- model passes ----------------------------------------------------------------------
+
+def _device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _same_folder(a, b) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device,
+              max_gen_len: int):
+    """Summed log-probs (EOS appended) of whole completions; prompts cut as when sampling."""
+    from .modeling import load_causal_lm, load_tokenizer
+    from .sampling import completion_logps
+
+    tok = load_tokenizer(str(model_dir), padding_side="right")
+    model = load_causal_lm(str(model_dir), dtype=dtype).to(_device(device)).eval()
+    t0 = time.perf_counter()
+    out = completion_logps(model, tok, prompts, completions,
+                           max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
+                           batch_size=params.score_batch_size, temperature=1.0)
+    print(f"log-probs of {sum(map(len, completions))} samples under {model_dir} "
+          f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    del model
+    return out
+
+
+def _rm_scores(model, tok, prompts, completions, params: EvalParams) -> list[list[float]]:
+    from .rewards import score_texts
+
+    flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
+    values = score_texts(model, tok, flat_p, _flat(completions), params.score_batch_size,
+                         params.rm_max_len, params.rm_max_gen_len, progress=False)
+    return _reshape(values, completions)
+
+
+def _gold(prompts, completions) -> list[list[float]]:
+    from .synthetic import gold_rewards
+
+    flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
+    return _reshape(gold_rewards(flat_p, _flat(completions)), completions)
+
+
+def _token_lengths(tok, completions) -> list[list[int]]:
+    return [[len(tok(c, add_special_tokens=False)["input_ids"]) for c in cs] for cs in completions]
+
+
+def _read_samples(path) -> tuple[list[str], list[list[str]]]:
+    from .io import read_records
+
+    recs = read_records(path)
+    for n, r in enumerate(recs, start=1):
+        if not (isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                and isinstance(r.get("completions"), list)):
+            raise ValueError(f"{path}: record {n} is not {{prompt, completions}}")
+    if not recs:
+        raise ValueError(f"{path}: no records")
+    return [r["prompt"] for r in recs], [list(r["completions"]) for r in recs]
+
+
+def evaluate_samples(prompts: list[str], completions: list[list[str]],
+                     sft_completions: list[list[str]], *, rm_dir, sft_dir, policy_dir,
+                     params: EvalParams, gold: bool, dtype: str | None = None,
+                     device: str | None = None) -> list[dict]:
+    """The per-prompt records of ``rewards.jsonl`` (one model in memory at a time)."""
+    from .modeling import load_tokenizer
+    from .rewards import load_scorer
+
+    _check_shapes(completions, sft_completions, "checkpoint vs SFT samples")
+    lengths = _token_lengths(load_tokenizer(str(sft_dir)), completions)
+    # Whole completions: a decoded sample can re-encode to more tokens than were generated,
+    # and cutting it would score a different text (with an EOS where there was none).
+    gen_len = max(1, max(_flat(lengths), default=1))
+    logps = _lm_logps(policy_dir, prompts, completions, params, dtype, device, gen_len)
+    if _same_folder(policy_dir, sft_dir):
+        sft_logps = [list(x) for x in logps]
+    else:
+        sft_logps = _lm_logps(sft_dir, prompts, completions, params, dtype, device, gen_len)
+
+    rm, rm_tok = load_scorer(rm_dir, dtype, _device(device))
+    t0 = time.perf_counter()
+    rewards = _rm_scores(rm, rm_tok, prompts, completions, params)
+    if sft_completions == completions:
+        sft_rewards = [list(x) for x in rewards]
+    else:
+        sft_rewards = _rm_scores(rm, rm_tok, prompts, sft_completions, params)
+    print(f"RM scores in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    del rm
+    wins = pair_wins(rewards, sft_rewards, completions, sft_completions)
+
+    records = []
+    for i, p in enumerate(prompts):
+        rec = {"prompt": p, "completions": completions[i], "sft_completions": sft_completions[i],
+               "rewards": rewards[i], "sft_rewards": sft_rewards[i], "wins": wins[i],
+               "logps": logps[i], "sft_logps": sft_logps[i], "lengths": lengths[i]}
+        records.append(rec)
+    if gold:
+        g, sg = _gold(prompts, completions), _gold(prompts, sft_completions)
+        for i, rec in enumerate(records):
+            rec["gold"], rec["sft_gold"] = g[i], sg[i]
+    return records
+
+
+def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
+                    summary_json, rewards_file, *, run: str, ckpt: int, step: int,
+                    params: EvalParams, gold: bool, dtype: str | None = None,
+                    device: str | None = None) -> dict:
+    """Evaluate one checkpoint's samples; write ``rewards_file`` and ``summary_json``.
+
+    ``sft_samples_file`` must hold the same prompts, in the same order, with as many
+    samples each (the SFT model's samples: the win-rate baseline).
+    """
+    from .io import write_json, write_records
+
+    prompts, completions = _read_samples(samples_file)
+    sft_prompts, sft_completions = _read_samples(sft_samples_file)
+    if sft_prompts != prompts:
+        raise ValueError(f"{samples_file} and {sft_samples_file} do not hold the same prompts "
+                         f"in the same order ({len(prompts)} vs {len(sft_prompts)} records)")
+    records = evaluate_samples(prompts, completions, sft_completions, rm_dir=rm_dir,
+                               sft_dir=sft_dir, policy_dir=policy_dir, params=params, gold=gold,
+                               dtype=dtype, device=device)
+    summary = summarize_checkpoint(records, run=run, ckpt=ckpt, step=step)
+    Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
+    write_records(rewards_file, records)
+    write_json(summary_json, summary)
+    return summary
+
+
+def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: int | None,
+                 params: EvalParams, gold: bool, dtype: str | None = None,
+                 device: str | None = None) -> dict:
+    """RM (and gold) rewards of the dataset's chosen and rejected responses.
+
+    Uses the first ``num_prompts`` records of ``pref_file`` (``{prompt, chosen, rejected}``),
+    the prompts the checkpoints are evaluated on.
+    """
+    from .io import iter_records, write_json, write_records
+    from .rewards import load_scorer
+
+    recs = []
+    for line, r in iter_records(pref_file):
+        if num_prompts is not None and len(recs) >= num_prompts:
+            break
+        if not (isinstance(r, dict) and all(isinstance(r.get(k), str)
+                                            for k in ("prompt", "chosen", "rejected"))):
+            raise ValueError(f"{pref_file}:{line}: record is not {{prompt, chosen, rejected}}")
+        recs.append(r)
+    if not recs:
+        raise ValueError(f"{pref_file}: no records")
+    prompts = [r["prompt"] for r in recs]
+    pairs = [[r["chosen"], r["rejected"]] for r in recs]
+    rm, tok = load_scorer(rm_dir, dtype, _device(device))
+    rewards = _rm_scores(rm, tok, prompts, pairs, params)
+    del rm
+    lengths = _token_lengths(tok, pairs)
+    golds = _gold(prompts, pairs) if gold else None
+
+    out_recs, summary = [], {"kind": "dataset", "num_prompts": len(recs)}
+    for i, p in enumerate(prompts):
+        rec = {"prompt": p, "completions": pairs[i], "rewards": rewards[i], "lengths": lengths[i]}
+        if golds is not None:
+            rec["gold"] = golds[i]
+        out_recs.append(rec)
+    for j, name in enumerate(("chosen", "rejected")):
+        part = {"reward": summarize_rewards([r[j] for r in rewards]),
+                "length_tokens": statistics.fmean(x[j] for x in lengths),
+                "length_chars": statistics.fmean(len(x[j]) for x in pairs)}
+        if golds is not None:
+            part["gold"] = summarize_rewards([g[j] for g in golds])
+        summary[name] = part
+    summary["accuracy"] = win_rate([[r[0]] for r in rewards], [[r[1]] for r in rewards])
+    if golds is not None:
+        summary["gold_accuracy"] = win_rate([[g[0]] for g in golds], [[g[1]] for g in golds])
+    Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
+    write_records(rewards_file, out_recs)
+    write_json(summary_json, summary)
+    return summary
