@@ -9,6 +9,7 @@ rule train_rm:
         model=res("models/rm/config.json"),
         metrics=res("models/rm/metrics.json"),
     params:
+        gpu=gpu_prefix(gpus()),
         base=base_model_arg,
         rm=as_json(config["rm"]),
         engine=engine_params(),
@@ -25,7 +26,7 @@ rule train_rm:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} {input.script} --base {params.base} "
+        "{params.gpu}OMP_NUM_THREADS={threads} {params.launcher} {input.script} --base {params.base} "
         "--train {input.train} --test {input.test} --out $(dirname {output.model}) "
         "--work-dir {params.work} --log-dir {params.tb} --params {params.rm:q} "
         "--engine {params.engine:q} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule sample_sft:
     output:
         res("data/sft_samples/{split}.jsonl"),
     params:
+        gpu=gpu_prefix(min(gpus(), 1)),
         sample=as_json(config["sample"]),
         seed=config["seed"],
     threads: workflow.cores
@@ -19,7 +20,7 @@ rule sample_sft:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "python {input.script} --model $(dirname {input.model}) --input {input.prompts} "
+        "{params.gpu}python {input.script} --model $(dirname {input.model}) --input {input.prompts} "
         "--output {output} --params {params.sample:q} --seed {params.seed} "
         "--num-threads {threads} > {log} 2>&1"
 
@@ -33,6 +34,7 @@ rule label_rewards:
     output:
         res("data/rm_labels/{split}.jsonl"),
     params:
+        gpu=gpu_prefix(min(gpus(), 1)),
         batch_size=config["sample"]["score_batch_size"],
         max_len=config["rm"]["max_len"],
         max_gen_len=config["rm"]["max_gen_len"],
@@ -46,6 +48,6 @@ rule label_rewards:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python {input.script} --rm $(dirname {input.rm}) "
+        "{params.gpu}OMP_NUM_THREADS={threads} python {input.script} --rm $(dirname {input.rm}) "
         "--input {input.samples} --output {output} --mode label --batch-size {params.batch_size} "
         "--max-len {params.max_len} --max-gen-len {params.max_gen_len} > {log} 2>&1"
