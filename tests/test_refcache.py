@@ -1,0 +1,122 @@
+"""Reference log-probs computed once: equal to the on-the-fly ones, same training step, checked
+against the run's settings."""
+
+import json
+
+import pytest
+import torch
+
+from exoflow.align import AlignCollator, batch_loss, encode_align, sequence_logps
+from exoflow.io import read_records, write_records
+from exoflow.modeling import load_causal_lm, load_tokenizer
+from exoflow.refcache import CHECKED, RefCacheError, load_ref_cache, read_ref_cache
+from tests.test_align import align_params, k4_records, make_tiny, run_align
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("refcache"))
+
+
+def _load(tiny, **kw):
+    p = align_params()
+    args = dict(data_file=tiny.k4, reference=tiny.sft, temp=p.temp, max_len=p.max_len,
+                max_gen_len=p.max_gen_len)
+    args.update(kw)
+    return load_ref_cache(tiny.cache, **args)
+
+
+def test_cache_file_says_what_made_it(tiny):
+    settings, rows = read_ref_cache(tiny.cache)
+    assert set(CHECKED) <= set(settings)
+    assert (settings["temp"], settings["max_len"], settings["max_gen_len"]) == (0.8, 64, 24)
+    assert (settings["num_records"], settings["num_candidates"], settings["dtype"]) == (16, 4, "fp32")
+    assert len(rows) == 16 and all(len(r) == 4 for r in rows)
+    assert all(v < 0 for r in rows for v in r)
+
+
+def test_cached_equal_on_the_fly(tiny):
+    """Length-sorted cache batches vs the training batches' padding: same values in fp32."""
+    cached = torch.tensor(_load(tiny))  # (16, 4)
+    p = align_params()
+    tok, model = load_tokenizer(tiny.sft), load_causal_lm(tiny.sft).eval()
+    feats = encode_align(tok, read_records(tiny.k4), p.max_len, p.max_gen_len)
+    collate = AlignCollator(tok.pad_token_id)
+    with torch.no_grad():
+        fly = torch.cat([sequence_logps(model, collate(feats[i:i + 3]), p.temp).view(-1, 4)
+                         for i in range(0, 16, 3)])  # (16, 4)
+    torch.testing.assert_close(cached, fly, rtol=0, atol=1e-5)
+    assert cached.abs().min() > 1  # summed over several tokens, not trivially small
+
+
+def test_one_step_same_loss_either_way(tiny):
+    p = align_params(max_steps=1, save_every=1)
+    tok, model = load_tokenizer(tiny.sft), load_causal_lm(tiny.sft)
+    feats = encode_align(tok, read_records(tiny.k4)[:4], p.max_len, p.max_gen_len, _load(tiny)[:4])
+    batch = AlignCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        a, ma = batch_loss(model, batch, p)
+        del batch["ref_logps"]
+        b, mb = batch_loss(model, batch, p, ref_model=load_causal_lm(tiny.sft).eval())
+    assert a.item() == pytest.approx(b.item(), abs=1e-5)
+    assert ma["logps/ref"].item() == pytest.approx(mb["logps/ref"].item(), abs=1e-5)
+
+    # the same through the trainer: one optimizer step, cached vs reference model
+    m1, d1 = run_align(tiny, "step_cached", p)
+    m2, d2 = run_align(tiny, "step_model", p, ref_cache=None)
+    assert (m1["ref_logps"], m2["ref_logps"]) == ("cache", "model")
+    assert m1["loss_curve"][0]["loss"] == pytest.approx(m2["loss_curve"][0]["loss"], abs=1e-5)
+    w1 = load_causal_lm(d1 / "out" / "ckpt1").state_dict()
+    w2 = load_causal_lm(d2 / "out" / "ckpt1").state_dict()
+    for name in w1:
+        assert (w1[name] - w2[name]).abs().max().item() < 1e-5, name
+
+
+def test_other_settings_are_refused(tiny, tmp_path):
+    with pytest.raises(RefCacheError, match=r"temp: cache 0.8, run 1.0"):
+        _load(tiny, temp=1.0)
+    with pytest.raises(RefCacheError, match=r"max_gen_len: cache 24, run 32.*delete it"):
+        _load(tiny, max_gen_len=32)
+    other = tmp_path / "k4.jsonl"
+    recs = k4_records()
+    recs[3]["rewards"][0] = 9.0
+    write_records(other, recs)
+    with pytest.raises(RefCacheError, match="data_sha256"):
+        _load(tiny, data_file=other)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(tiny.cache.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(RefCacheError, match="truncated or corrupt"):
+        load_ref_cache(cut, tiny.k4, tiny.sft, 0.8, 64, 24)
+    (tmp_path / "plain.jsonl").write_text(json.dumps([1.0, 2.0]) + "\n")
+    with pytest.raises(RefCacheError, match="not a reference log-prob cache"):
+        load_ref_cache(tmp_path / "plain.jsonl", tiny.k4, tiny.sft, 0.8, 64, 24)
+
+
+def test_reference_runs_in_the_policys_precision(monkeypatch):
+    """CPU: fp32. GPU: DeepSpeed converts the weights (no autocast), the Trainer autocasts."""
+    from pathlib import Path
+
+    import exoflow.engine as eng
+    from exoflow.align import reference_precision
+
+    zero2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
+    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", None)  # no GPU
+    monkeypatch.setattr(eng, "on_cpu", lambda engine: False)
+    assert reference_precision(eng.EngineParams(gpus=1, dtype="fp32")) == ("fp32", None)
+    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", "bf16")
+    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16", deepspeed=zero2)) == ("bf16", None)
+
+
+def test_precompute_cli(tiny, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "workflow_scripts" / "precompute_ref.py"
+    spec = importlib.util.spec_from_file_location("precompute_ref_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "c.jsonl"
+    cli.main(["--reference", str(tiny.sft), "--data", str(tiny.k4), "--output", str(out),
+              "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--batch-size", "5"])
+    torch.testing.assert_close(torch.tensor(read_ref_cache(out)[1]),
+                               torch.tensor(read_ref_cache(tiny.cache)[1]), rtol=0, atol=1e-5)
