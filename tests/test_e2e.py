@@ -1,0 +1,131 @@
+"""The whole tiny DAG, from nothing to summary.csv, then Snakemake's precise re-runs.
+
+One module-scoped run of `eval_all` on the tiny preset, made smaller (fewer pairs, steps and
+eval prompts) so that it fits the default suite; `make tiny` runs the full preset.
+"""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from exoflow.io import read_records
+from tests.workflow_utils import copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.e2e
+
+RUNS = ["exo-rw_nc2", "dpo-rw_nc2", "exo-pref_nc2", "dpo-pref_nc2"]
+QUICK = """
+data:
+  synthetic: {num_train: 600, num_test: 64}
+sft: {epochs: 1}
+rm: {epochs: 1}
+sample: {max_new_tokens: 24}
+align:
+  defaults: {max_steps: 4, save_every: 2, batch_size: 16, micro_batch_size: 16}
+eval: {num_prompts: 16, max_new_tokens: 24, checkpoints: 2}
+"""
+CFG = ["--configfile", "configs/tiny.yaml", "quick.yaml"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    wd = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    (wd / "quick.yaml").write_text(QUICK)
+    proc = snakemake(wd, "eval_all", *CFG)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return wd
+
+
+def dry(wd, *targets, extra=()):
+    proc = snakemake(wd, *targets, "-n", *CFG, *extra)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return planned_jobs(proc)
+
+
+def test_summary_table(done):
+    out = done / "results" / "tiny"
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    keys = {(r["run"], r["ckpt"]) for r in rows}
+    assert ("sft", "0") in keys and ("dataset-chosen", "") in {(r["run"], "") for r in rows}
+    for run in RUNS:
+        assert {(run, "1"), (run, "2")} <= keys
+    sft = next(r for r in rows if r["run"] == "sft")
+    assert float(sft["kl"]) == 0 and float(sft["win_rate"]) == 0.5 and sft["step"] == "0"
+    for r in rows:
+        if r["run"] in RUNS:
+            assert r["step"] == str(2 * int(r["ckpt"]))
+            lo, mean, hi = (float(r[k]) for k in ("reward_ci95_low", "reward_mean", "reward_ci95_high"))
+            assert lo <= mean <= hi and 0 <= float(r["win_rate"]) <= 1
+            assert r["gold_mean"] != ""  # synthetic source: the gold reward is known
+    assert (out / "summary.png").stat().st_size > 10_000
+
+
+def test_stage_outputs(done):
+    out = done / "results" / "tiny"
+    labels = read_records(out / "data" / "rm_labels" / "train.jsonl")
+    assert len(labels) == 600 and all(len(r["completions"]) == len(r["rewards"]) == 2 for r in labels)
+    samples = read_records(out / "samples" / "exo-rw_nc2" / "ckpt2" / "test.jsonl")
+    assert len(samples) == 16 and all(len(r["completions"]) == 4 for r in samples)
+    rep = json.loads((out / "eval" / "exo-rw_nc2" / "ckpt2" / "reward.json").read_text())
+    assert rep["reward"]["count"] == 64 and {"win_rate", "kl", "gold"} <= set(rep)
+    rm = json.loads((out / "models" / "rm" / "metrics.json").read_text())
+    assert 0 <= rm["test_accuracy"] <= 1
+    for rule in ("train_sft", "train_rm", "train_align"):
+        assert list((out / "logs" / rule).rglob("*.log")), rule
+    assert list((out / "benchmarks").rglob("*.tsv"))
+
+
+def test_nothing_changed_nothing_to_do(done):
+    assert dry(done, "eval_all") == {}
+
+
+def test_comment_edit_reruns_nothing(done):
+    cfg = done / "config.yaml"
+    text = cfg.read_text()
+    cfg.write_text(text.replace("# outputs go to results/<run_name>/", "# edited comment"))
+    try:
+        assert dry(done, "eval_all") == {}
+    finally:
+        cfg.write_text(text)
+
+
+def test_one_runs_lr_reruns_only_that_run(done):
+    (done / "lr.yaml").write_text("align:\n  runs:\n    dpo-pref_nc2: {loss: dpo-pref, data: p2r, lr: 2.0e-4}\n")
+    jobs = dry(done, "eval_all", extra=("lr.yaml",))
+    assert jobs == {"train_align_dpo_pref_nc2": 1, "sample_checkpoint": 2, "eval_checkpoint": 2,
+                    "summarize": 1, "eval_all": 1}
+
+
+def test_sampling_temperature_reruns_sampling_and_downstream_only(done):
+    (done / "temp.yaml").write_text("sample: {temperature: 0.7}\n")
+    jobs = dry(done, "eval_all", extra=("temp.yaml",))
+    assert jobs.get("sample_sft") == 1 and jobs.get("label_rewards") == 1
+    assert jobs.get("train_align_exo_rw_nc2") == 1 and jobs.get("train_align_dpo_rw_nc2") == 1
+    for untouched in ("train_sft", "train_rm", "train_tokenizer", "preprocess",
+                      "train_align_exo_pref_nc2", "train_align_dpo_pref_nc2", "eval_dataset"):
+        assert untouched not in jobs, jobs
+
+
+def test_deleted_eval_file_reruns_only_its_scoring(done):
+    target = done / "results" / "tiny" / "eval" / "exo-pref_nc2" / "ckpt1" / "reward.json"
+    target.unlink()
+    jobs = dry(done, "eval_all")
+    assert jobs == {"eval_checkpoint": 1, "summarize": 1, "eval_all": 1}
+    proc = snakemake(done, str(target.relative_to(done)), *CFG)
+    assert proc.returncode == 0 and target.exists()
+
+
+def test_single_checkpoint_target(done):
+    shutil.rmtree(done / "results" / "tiny" / "samples" / "dpo-rw_nc2" / "ckpt2")
+    target = "results/tiny/eval/dpo-rw_nc2/ckpt2/reward.json"
+    assert dry(done, target) == {"sample_checkpoint": 1, "eval_checkpoint": 1}
+
+
+def test_report_builds(done):
+    proc = snakemake(done, "eval_all", "--report", "report.html", *CFG)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (done / "report.html").read_text(errors="replace")
+    assert "summary.png" in html and "summary.csv" in html
