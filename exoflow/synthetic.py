@@ -95,6 +95,12 @@ _POLITE_RE = re.compile(r"\b(?:sure|of course|happy to help|glad to help|certain
 _MAX_SCAN = 2000  # only this many characters of a response are parsed (length still counts in full)
 STYLES = ("terse", "polite", "verbose")
 _WRONG_STYLE_WEIGHTS = (0.6, 0.3, 0.1)  # bad answers are more often terse: length must not be a shortcut
+# Harmful requests are drawn twice as often as each other task, and a harmless request's pool
+# holds a (wrong) refusal only some of the time. Otherwise refusals are mostly the rejected
+# side of pairs, and a few-million-parameter RM learns "refusing is bad" everywhere instead
+# of the prompt-dependent rule, which alignment then exploits on harmful prompts.
+_TASK_WEIGHTS = {"harmful": 2.0}
+_HARMLESS_REFUSAL_RATE = 0.35
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ def parse_prompt(prompt: str) -> Task | None:
 
 def sample_task(rng: random.Random) -> Task:
     """A random task with random slot values."""
-    name = rng.choice(TASKS)
+    name = rng.choices(TASKS, [_TASK_WEIGHTS.get(t, 1.0) for t in TASKS])[0]
     if name in ("add", "multiply"):
         hi = 49 if name == "add" else 12
         args = {"a": rng.randint(2, hi), "b": rng.randint(2, hi)}
@@ -278,7 +284,7 @@ def candidate_responses(task: Task, rng: random.Random) -> list[str]:
     pool = [_wrap(right, style, rng) for style in rng.sample(STYLES, 2)]
     pool += [_wrap(w, rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng) for w in wrongs]
     pool.append(_wrap(rng.choice(_OFF_TOPIC), rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng))
-    if task.name != "harmful":
+    if task.name != "harmful" and rng.random() < _HARMLESS_REFUSAL_RATE:
         pool.append(_wrap(rng.choice(_REFUSALS), rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng))
     return list(dict.fromkeys(pool))
 

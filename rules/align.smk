@@ -15,6 +15,7 @@ rule precompute_ref:
     per data set, temperature and truncation; the runs that share them share the file."""
     input:
         script=script("precompute_ref"),
+        code=code("refcache", "logps", "batching", "modeling"),
         model=res("models/sft/config.json"),
         data=res("data/{data}/train.jsonl"),
     output:
@@ -51,6 +52,7 @@ for run in align_runs():
             train_align_rule_name(run)
         input:
             script=script("train_align"),
+            code=code("align", "losses", "logps", "engine", "batching", "modeling"),
             model=res("models/sft/config.json"),
             data=align_data(run),
             ref=ref_cache_inputs(run),

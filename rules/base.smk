@@ -2,6 +2,7 @@ rule train_tokenizer:
     """model.init: scratch only - a byte-level BPE tokenizer trained on the training pairs."""
     input:
         script=script("train_tokenizer"),
+        code=code("modeling"),
         pairs=res("data/pref/train.jsonl"),
     output:
         res("models/tokenizer/tokenizer.json"),
@@ -24,6 +25,7 @@ rule init_base_model:
     both start from."""
     input:
         script=script("init_base_model"),
+        code=code("modeling"),
         tokenizer=res("models/tokenizer/tokenizer.json"),
     output:
         res("models/base/config.json"),

@@ -32,6 +32,15 @@ def script(name):
     return str(SCRIPTS / f"{name}.py")
 
 
+PACKAGE = Path(workflow.basedir) / "exoflow"
+
+
+def code(*modules):
+    """exoflow modules a rule's script runs, as inputs: editing one re-runs the rules that
+    use it (Snakemake tracks the code of run:/script: rules only, not of shell commands)."""
+    return [str(PACKAGE / f"{m}.py") for m in modules]
+
+
 def as_json(obj):
     """A config section as one JSON word for a script's command line (use with :q)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -173,7 +182,11 @@ def eval_checkpoint_targets():
 
 
 def eval_all_targets():
-    return [res("summary.csv"), res("summary.png")]
+    """The summary and every file it is made from: Snakemake does not re-make a missing
+    intermediate file while what was made from it is up to date, so a deleted checkpoint
+    evaluation is only redone (and the summary with it) when it is itself a target."""
+    return [res("summary.csv"), res("summary.png"), res("eval/sft/ckpt0/reward.json"),
+            res("eval/dataset/reward.json"), *eval_checkpoint_targets()]
 
 
 def gpu_prefix(n):

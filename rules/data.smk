@@ -2,6 +2,7 @@ rule preprocess:
     """Raw HH pairs (hub, local folder or synthetic) -> {prompt, chosen, rejected}."""
     input:
         script=script("preprocess"),
+        code=code("io", "hh", "data", "synthetic"),
     output:
         pairs=res("data/pref/{split}.jsonl"),
         stats=res("data/stats/{split}.json"),
@@ -40,6 +41,7 @@ rule pref_to_rewards:
     """Preference pairs in the alignment format: completions [chosen, rejected], rewards [1, 0]."""
     input:
         script=script("pref_to_rewards"),
+        code=code("io", "hh"),
         pairs=res("data/pref/{split}.jsonl"),
     output:
         res("data/p2r/{split}.jsonl"),

@@ -15,6 +15,7 @@ rule sample_checkpoint:
     checkpoint k of a run (run sft, k 0: the SFT model). One seed for every checkpoint."""
     input:
         script=script("sample"),
+        code=code("sampling", "batching", "modeling"),
         model=ckpt_model,
         prompts=res("data/pref/test.jsonl"),
     output:
@@ -46,6 +47,7 @@ rule eval_checkpoint:
     own samples, response length, and the gold reward with the synthetic source."""
     input:
         script=script("eval_checkpoint"),
+        code=code("evaluate", "rewards", "sampling", "logps", "synthetic"),
         samples=res("samples/{run}/ckpt{k}/test.jsonl"),
         sft_samples=res("samples/sft/ckpt0/test.jsonl"),
         rm=res("models/rm/config.json"),
@@ -88,6 +90,7 @@ rule eval_dataset:
     responses to the same eval.num_prompts test prompts."""
     input:
         script=script("eval_dataset"),
+        code=code("evaluate", "rewards", "synthetic"),
         rm=res("models/rm/config.json"),
         pairs=res("data/pref/test.jsonl"),
     output:
@@ -122,6 +125,7 @@ rule summarize:
     summary.png (reward vs KL, reward / win rate / length vs step, gold when known)."""
     input:
         script=script("summarize"),
+        code=code("summary"),
         sft=res("eval/sft/ckpt0/reward.json"),
         dataset=res("eval/dataset/reward.json"),
         checkpoints=eval_checkpoint_targets(),

@@ -2,6 +2,7 @@ rule train_rm:
     """Reward model: a scalar head on the base model, Bradley-Terry loss on the pairs."""
     input:
         script=script("train_rm"),
+        code=code("engine", "rm", "batching", "modeling"),
         base=base_model_input(),
         train=res("data/pref/train.jsonl"),
         test=res("data/pref/test.jsonl"),

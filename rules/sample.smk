@@ -2,6 +2,7 @@ rule sample_sft:
     """sample.num_return completions per prompt from the SFT model."""
     input:
         script=script("sample"),
+        code=code("sampling", "batching", "modeling"),
         model=res("models/sft/config.json"),
         prompts=res("data/pref/{split}.jsonl"),
     output:
@@ -29,6 +30,7 @@ rule label_rewards:
     """RM rewards for every SFT sample: the data of the *-rw alignment runs."""
     input:
         script=script("score"),
+        code=code("rewards", "batching", "modeling"),
         rm=res("models/rm/config.json"),
         samples=res("data/sft_samples/{split}.jsonl"),
     output:

@@ -2,6 +2,7 @@ rule train_sft:
     """Supervised fine-tuning on prompt + chosen (loss on the response only)."""
     input:
         script=script("train_sft"),
+        code=code("engine", "sft", "batching", "modeling"),
         base=base_model_input(),
         train=res("data/pref/train.jsonl"),
         test=res("data/pref/test.jsonl"),

@@ -119,9 +119,14 @@ def test_deleted_eval_file_reruns_only_its_scoring(done):
 
 
 def test_single_checkpoint_target(done):
-    shutil.rmtree(done / "results" / "tiny" / "samples" / "dpo-rw_nc2" / "ckpt2")
+    """With its checkpoint trained, one checkpoint's eval file needs exactly its sampling
+    and its scoring."""
+    for kind in ("samples", "eval"):
+        shutil.rmtree(done / "results" / "tiny" / kind / "dpo-rw_nc2" / "ckpt2")
     target = "results/tiny/eval/dpo-rw_nc2/ckpt2/reward.json"
     assert dry(done, target) == {"sample_checkpoint": 1, "eval_checkpoint": 1}
+    proc = snakemake(done, target, *CFG)
+    assert proc.returncode == 0 and (done / target).exists()
 
 
 def test_report_builds(done):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "workflow_scripts", "configs", "envs", "profiles", "report"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "workflow_scripts", "configs", "envs", "profiles", "report", "exoflow"]
 
 
 def copy_workflow(dest: Path) -> Path:
