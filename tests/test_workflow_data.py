@@ -28,10 +28,12 @@ def schema():
     return load("schemas/config.schema.yaml")
 
 
-@pytest.mark.parametrize("configfile", ["configs/tiny.yaml"])
-def test_shipped_configs_validate(schema, configfile):
-    jsonschema.validate(load("config.yaml"), schema)
-    jsonschema.validate(merged(load("config.yaml"), load(configfile)), schema)
+@pytest.mark.parametrize("configfiles", [[], ["configs/tiny.yaml"], ["configs/tiny.yaml", "configs/tiny_hh.yaml"]])
+def test_shipped_configs_validate(schema, configfiles):
+    cfg = load("config.yaml")
+    for f in configfiles:
+        cfg = merged(cfg, load(f))
+    jsonschema.validate(cfg, schema)
 
 
 def test_unknown_key_and_wrong_type_are_refused(schema):
