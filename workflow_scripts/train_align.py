@@ -13,7 +13,7 @@
                    "dtype": "fp32", "seed": 42}'
 
 Without --ref-logps the reference model (--reference, default --policy) runs in every step.
-Multi-GPU: the same arguments after `deepspeed --num_gpus 8` or `torchrun --nproc_per_node 8`.
+Multi-GPU: the same arguments after `torchrun --nproc_per_node 8` (DeepSpeed ZeRO via --engine).
 A restarted job resumes from the last checkpoint in --work-dir.
 """
 

@@ -10,7 +10,7 @@
                    "num_threads": null, "logging_steps": 10, "checkpoint_every": 50,
                    "dtype": "fp32", "seed": 42}'
 
-Multi-GPU: the same arguments after `deepspeed --num_gpus 8` or `torchrun --nproc_per_node 8`.
+Multi-GPU: the same arguments after `torchrun --nproc_per_node 8` (DeepSpeed ZeRO via --engine).
 A restarted job resumes from the last checkpoint in --work-dir.
 """
 
