@@ -35,7 +35,7 @@ def encode_pair(tokenizer, prompt: str, response: str, max_len: int, max_gen_len
     if add_eos:
         r = r + [tokenizer.eos_token_id]
     keep = max(max_len - len(r), 0)
-    p = p[len(p) - keep:] if keep else []
+    p = p[max(len(p) - keep, 0):] if keep else []  # the last `keep` prompt tokens
     return Encoded(p + r, len(p))
 
 
