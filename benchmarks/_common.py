@@ -134,32 +134,5 @@ def dump(obj, path):
     Path(path).write_text(json.dumps(obj, indent=1))
 
 
-def _encode_pair_fixed(tokenizer, prompt, response, max_len, max_gen_len, add_eos):
-    """exoflow.batching.encode_pair with its prompt truncation fixed (see RESULTS.md): the
-    pipeline's ``p[len(p) - keep:]`` keeps only the last ``keep - len(p)`` tokens when
-    ``keep/2 < len(p) < keep`` (a negative start index); this keeps ``p[max(len(p) - keep, 0):]``."""
-    from exoflow.batching import Encoded
-
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"][:max_gen_len]
-    if add_eos:
-        r = r + [tokenizer.eos_token_id]
-    keep = max(max_len - len(r), 0)
-    p = p[max(len(p) - keep, 0):] if keep else []
-    return Encoded(p + r, len(p))
-
-
-def patch_encode_pair() -> None:
-    """Use the fixed prompt truncation in every exoflow module that imported encode_pair, so the
-    benchmarks feed exoflow the same (untruncated) tokens as the baselines."""
-    import importlib
-
-    for mod in ("exoflow.batching", "exoflow.align", "exoflow.rewards", "exoflow.rm", "exoflow.sft",
-                "exoflow.sampling"):
-        m = importlib.import_module(mod)
-        if hasattr(m, "encode_pair"):
-            m.encode_pair = _encode_pair_fixed
-
-
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())

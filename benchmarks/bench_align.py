@@ -211,7 +211,6 @@ def worker(name: str, cfg: dict, conn) -> None:
     import transformers  # noqa: F401
 
     import exoflow.align  # noqa: F401
-    C.patch_encode_pair()
     if name.startswith("trl"):
         import trl  # noqa: F401
     base = C.rss_now_mib()
@@ -306,7 +305,6 @@ def main(argv=None):
     steps = a.steps or DEFAULTS[a.size]["steps"]
     batch = a.batch or DEFAULTS[a.size]["batch"]
     C.set_threads()
-    C.patch_encode_pair()
     t_start = time.perf_counter()
     cfg = prepare(a.size, steps, batch, a.max_len, a.max_gen_len)
     names = [n for n in CONTENDERS + (PROTOTYPES if a.prototypes else [])

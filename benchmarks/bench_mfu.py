@@ -81,7 +81,6 @@ def main(argv=None):
     from exoflow.modeling import load_causal_lm
     from exoflow.refcache import compute_ref_logps
 
-    C.patch_encode_pair()
     t_start = time.perf_counter()
     tok = C.load_tok()
     model = load_causal_lm(str(C.model_dir(a.size)), dtype="fp32")

@@ -42,7 +42,6 @@ def main(argv=None):
     from exoflow.modeling import load_reward_model
     from exoflow.rewards import score_texts
 
-    C.patch_encode_pair()
     t_start = time.perf_counter()
     tok = C.load_tok("right")
     prompts, responses, lens = [], [], []
