@@ -410,6 +410,26 @@ def save_final(trainer, tokenizer, out_dir, params: dict) -> None:
     acc.wait_for_everyone()
 
 
+def train_metrics(trainer, out, num_train: int) -> dict:
+    """The metrics every stage reports about its training run (``out``: ``run_trainer``'s)."""
+    return {
+        "train_loss_curve": loss_curve(trainer),
+        "train_loss": float(out.training_loss),
+        "global_step": int(trainer.state.global_step),
+        "resumed_from": trainer.resumed_from,
+        "run": run_info(trainer),
+        "num_train": num_train,
+    }
+
+
+def finish(trainer, tokenizer, out_dir, work_dir, params: dict, metrics: dict) -> None:
+    """Save the final model, write ``metrics.json`` and drop the resume checkpoints."""
+    save_final(trainer, tokenizer, out_dir, params)
+    if trainer.is_world_process_zero():
+        write_json(Path(out_dir) / "metrics.json", metrics)
+        remove_checkpoints(work_dir)
+
+
 def eval_shard(trainer, n: int) -> list[int]:
     """This process's share of ``range(n)`` for a distributed evaluation."""
     return list(range(trainer.args.process_index, n, trainer.args.world_size))

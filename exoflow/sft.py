@@ -88,12 +88,11 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     ``callbacks``: extra ``TrainerCallback``s. Returns the metrics also written to
     ``<out_dir>/metrics.json``.
     """
-    from pathlib import Path
 
     from transformers import set_seed
 
     from . import engine as eng
-    from .io import read_records, write_json
+    from .io import read_records
     from .modeling import load_causal_lm, load_tokenizer
 
     eng.setup_threads(engine)
@@ -111,17 +110,9 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     out = eng.run_trainer(trainer, work_dir, run_params)
 
     metrics = {
-        "train_loss_curve": eng.loss_curve(trainer),
-        "train_loss": float(out.training_loss),
-        "global_step": int(trainer.state.global_step),
-        "resumed_from": trainer.resumed_from,
-        "run": eng.run_info(trainer),
-        "num_train": len(train),
+        **eng.train_metrics(trainer, out, len(train)),
         "num_test": len(test),
         **evaluate_sft(trainer, test, params.micro_batch_size),
     }
-    eng.save_final(trainer, tok, out_dir, run_params)
-    if trainer.is_world_process_zero():
-        write_json(Path(out_dir) / "metrics.json", metrics)
-        eng.remove_checkpoints(work_dir)
+    eng.finish(trainer, tok, out_dir, work_dir, run_params, metrics)
     return metrics
