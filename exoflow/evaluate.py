@@ -84,6 +84,16 @@ class EvalParams:
                            "num_prompts", "checkpoints"})
 
     @classmethod
+    def from_cli(cls, params: str, rm_max_len: int, rm_max_gen_len: int) -> "EvalParams":
+        """From a CLI's ``--params`` (a JSON object, or a JSON file's path) and the RM layout."""
+        import json
+        from pathlib import Path
+
+        text = params if params.lstrip().startswith("{") else Path(params).read_text()
+        return cls.from_dict(dict(json.loads(text), rm_max_len=rm_max_len,
+                                  rm_max_gen_len=rm_max_gen_len))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalParams":
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names - cls.TOLERATED)

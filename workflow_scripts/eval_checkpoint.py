@@ -18,7 +18,6 @@ The SFT model itself is checkpoint 0: --policy equal to --sft and --samples equa
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def make_parser():
@@ -49,10 +48,8 @@ def main(argv=None):
 
     from exoflow.evaluate import EvalParams, eval_checkpoint
 
-    text = args.params if args.params.lstrip().startswith("{") else Path(args.params).read_text()
     try:
-        params = EvalParams.from_dict(dict(json.loads(text), rm_max_len=args.rm_max_len,
-                                           rm_max_gen_len=args.rm_max_gen_len))
+        params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
     except ValueError as e:
         sys.exit(f"error: --params: {e}")
     if args.num_threads:

@@ -11,7 +11,6 @@
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def make_parser():
@@ -37,10 +36,8 @@ def main(argv=None):
 
     from exoflow.evaluate import EvalParams, eval_dataset
 
-    text = args.params if args.params.lstrip().startswith("{") else Path(args.params).read_text()
     try:
-        params = EvalParams.from_dict(dict(json.loads(text), rm_max_len=args.rm_max_len,
-                                           rm_max_gen_len=args.rm_max_gen_len))
+        params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
     except ValueError as e:
         sys.exit(f"error: --params: {e}")
     if args.num_threads:
