@@ -8,7 +8,7 @@ A batch is whole prompts with all their candidates: B prompts give B·K sequence
 prompt 0's candidates, then prompt 1's, ..., right-padded to the batch's longest (the token layout
 of :mod:`exoflow.batching`, EOS appended). For each candidate
 
-    ℓ_i = log π_θ^τ(y_i|x) − log π_ref^τ(y_i|x)      (:func:`exoflow.logps.response_logps`)
+    ℓ_i = log π_θ^τ(y_i|x) − log π_ref^τ(y_i|x)      (:func:`exoflow.logps.model_response_logps`)
 
 summed over the response tokens (EOS included), τ = ``temp``; the K candidates of a prompt are
 split into K/N groups of N (:func:`exoflow.losses.group_candidates`) and the loss is
@@ -73,6 +73,10 @@ class AlignParams(_FromDict):
     weight_decay: float = _doc("AdamW weight decay.", 0.0)
     lr_scheduler: str = _doc("transformers scheduler name.", "cosine")
     max_grad_norm: float = _doc("Gradient clipping norm.", 1.0)
+    group_by_length: bool = _doc(
+        "Batches of prompts of similar length (transformers' length grouping over each prompt's "
+        "longest candidate, megabatches of 50 batches, in a seeded random order), which pads "
+        "less than random batches; false: uniformly random batches.", True)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -186,12 +190,12 @@ class AlignCollator:
 
 
 def sequence_logps(model, batch: dict, temperature: float):
-    """Summed response log-probs (S,) of the sequences of a collated batch."""
-    from .logps import response_logps
+    """Summed response log-probs (S,) of the sequences of a collated batch (the LM head runs
+    only where a response token is predicted, :func:`exoflow.logps.model_response_logps`)."""
+    from .logps import model_response_logps
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits  # (S, T, V)
-    return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
+    return model_response_logps(model, batch["input_ids"], batch["attention_mask"],
+                                batch["loss_mask"], temperature)
 
 
 def batch_loss(model, batch: dict, params: AlignParams, ref_model=None):
@@ -238,6 +242,27 @@ def reference_precision(engine: EngineParams) -> tuple[str, str | None]:
 _FLOAT_FIELDS = ("rewards", "ref_logps")
 
 
+def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
+    """transformers' ``LengthGroupedSampler`` whose order depends only on (seed, epoch), so a
+    resumed run skips exactly the batches it already trained on."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class Sampler(LengthGroupedSampler):
+        def __init__(self):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = int(epoch)
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    return Sampler()
+
+
 def _trainer_class():
     import torch
 
@@ -255,6 +280,14 @@ def _trainer_class():
             self.ref_model = ref_model
             self._metric_sums: dict = {}
             self._metric_count = 0
+
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.align_params.group_by_length or ds is None:
+                return super()._get_train_sampler(train_dataset)
+            return _length_grouped_sampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                [max(len(ids) for ids in f["input_ids"]) for f in ds], seed=self.args.seed)
 
         def _prepare_inputs(self, inputs):
             # The Trainer would cast float tensors to DeepSpeed's bf16/fp16, which cannot hold

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["response_logps"]
+__all__ = ["model_response_logps", "response_logps"]
 
 # Positions processed per chunk are capped so that a chunk of fp32 logits stays under
 # about this many elements (2**26 floats = 256 MiB).
@@ -63,20 +63,76 @@ def response_logps(
     rows, cols = (mask != 0).nonzero(as_tuple=True)  # cols index logits[:, :-1]
     if rows.numel() == 0:
         return out + 0.0 * logits.sum()
-    weights = mask[rows, cols].to(dtype)
-    targets = input_ids[:, 1:][rows, cols].long()
+    targets = input_ids[:, 1:][rows, cols]
+    return _sum_token_logps(lambda r: logits[rows[r], cols[r]], rows, targets,
+                            mask[rows, cols], v, temperature, chunk_size, out)
+
+
+def _sum_token_logps(get_logits, rows, targets, weights, v, temperature, chunk_size, out):
+    """Σ per row of weights · log softmax(z / τ)[target] over the scored positions, where
+    ``get_logits(slice)`` gives the (n, V) logits of those positions, evaluated in chunks."""
+    targets = targets.long()
     if bool(((targets < 0) | (targets >= v)).any()):
         raise ValueError(f"a response token id is outside the vocabulary [0, {v})")
-
+    weights = weights.to(out.dtype)
     step = chunk_size or max(1, _CHUNK_ELEMENTS // max(v, 1))
     inv_tau = 1.0 / float(temperature)
     pieces = []
     for start in range(0, rows.numel(), step):
-        r, c = rows[start : start + step], cols[start : start + step]
-        z = logits[r, c].to(dtype)  # (n, V): only the positions that are scored
+        sl = slice(start, start + step)
+        z = get_logits(sl).to(out.dtype)  # (n, V): only the positions that are scored
         if inv_tau != 1.0:
             z = z * inv_tau
-        tok = z.gather(-1, targets[start : start + step, None]).squeeze(-1)
+        tok = z.gather(-1, targets[sl, None]).squeeze(-1)
         pieces.append(tok - torch.logsumexp(z, dim=-1))
     per_token = torch.cat(pieces) * weights
     return out.index_add(0, rows, per_token)
+
+
+def model_response_logps(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """:func:`response_logps` of ``model`` run over ``input_ids``, with the LM head applied
+    only at the positions that predict a response token.
+
+    The model is called through its own ``forward`` (so DDP / DeepSpeed wrappers see the call)
+    with ``logits_to_keep`` = a boolean (B, T) mask of those positions: transformers then
+    projects only the kept hidden states onto the vocabulary, returning (n, V) logits. Prompts
+    are most of the tokens of HH dialogues, so this skips most of the LM head's work (and its
+    (B, T, V) logits). Models whose forward ignores a boolean ``logits_to_keep`` (they return
+    (B, T, V) logits) are handled by :func:`response_logps`, with the same result.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, t = input_ids.shape
+    if loss_mask.shape != (b, t):
+        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must be (B, T) = {(b, t)}")
+    if t > 0 and bool((loss_mask[:, 0] != 0).any()):
+        raise ValueError("loss_mask[:, 0] is nonzero: the first token has no preceding logits "
+                         "to predict it")
+    keep = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)
+    keep[:, :-1] = loss_mask[:, 1:] != 0  # logits at t-1 predict token t
+    n = int(keep.sum())
+    if n == 0:  # nothing to score: still run the model so that the graph exists
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=1).logits
+        return torch.zeros(b, dtype=torch.promote_types(logits.dtype, torch.float32),
+                           device=logits.device) + 0.0 * logits.sum()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=keep).logits
+    if logits.dim() == 3:  # the model projected every position
+        return response_logps(logits, input_ids, loss_mask, temperature, chunk_size)
+    if logits.shape[0] != n:
+        raise RuntimeError(f"the model returned {tuple(logits.shape)} logits for {n} kept positions")
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major, the order of hidden_states[keep]
+    targets = input_ids[:, 1:][rows, cols]
+    weights = loss_mask[:, 1:][rows, cols]
+    out = torch.zeros(b, dtype=torch.promote_types(logits.dtype, torch.float32),
+                      device=logits.device)
+    return _sum_token_logps(lambda r: logits[r], rows, targets, weights, logits.shape[-1],
+                            temperature, chunk_size, out)

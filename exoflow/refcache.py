@@ -86,7 +86,7 @@ def compute_ref_logps(model, tokenizer, records, temp: float, max_len: int, max_
 
     from .align import encode_align, pad_candidates
     from .batching import Encoded, length_sorted_batches
-    from .logps import response_logps
+    from .logps import model_response_logps
 
     feats = encode_align(tokenizer, records, max_len, max_gen_len)
     seqs = [(i, j, Encoded(ids, n)) for i, f in enumerate(feats)
@@ -104,9 +104,8 @@ def compute_ref_logps(model, tokenizer, records, temp: float, max_len: int, max_
         for idx in batches:
             b = pad_candidates([seqs[n][2] for n in idx], tokenizer.pad_token_id)
             b = {k: v.to(device) for k, v in b.items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                           use_cache=False).logits  # (S, T, V)
-            lp = response_logps(logits, b["input_ids"], b["loss_mask"], temp).tolist()  # (S,)
+            lp = model_response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"],
+                                      temp).tolist()  # (S,)
             for n, v in zip(idx, lp):
                 i, j, _ = seqs[n]
                 out[i][j] = float(v)

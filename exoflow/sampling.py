@@ -249,7 +249,7 @@ def completion_logps(model, tokenizer, prompts: list[str], completions: list[lis
     """
     from tqdm.auto import tqdm
 
-    from .logps import response_logps
+    from .logps import model_response_logps
 
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
@@ -266,9 +266,8 @@ def completion_logps(model, tokenizer, prompts: list[str], completions: list[lis
                             desc="logps", unit="batch", disable=not progress, file=sys.stderr):
                 batch = {k: v.to(device) for k, v in
                          pad_batch([items[k] for k in idx], tokenizer.pad_token_id).items()}
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits   # (B, T, V)
-                lp = response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
+                lp = model_response_logps(model, batch["input_ids"], batch["attention_mask"],
+                                          batch["loss_mask"], temperature)
                 for k, v in zip(idx, lp.tolist()):
                     values[k] = v
     finally:

@@ -6,6 +6,7 @@ candidates with real-valued rewards (as rm_labels).
 """
 
 import math
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -276,3 +277,29 @@ def test_every_loss_trains(tiny, loss):
     sft, new = _params(tiny.sft), _params(d / "out" / "ckpt1")
     for name, p in sft.items():
         assert not torch.equal(p, new[name]), f"{loss}: {name} unchanged"
+
+
+# --- length-grouped batches ---------------------------------------------------------------------
+
+
+def test_length_grouped_sampler_is_seeded_and_pads_less():
+    from exoflow.align import _length_grouped_sampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 500) for _ in range(400)]
+    s = _length_grouped_sampler(8, lengths, seed=7)
+    order = list(s)
+    assert sorted(order) == list(range(400))                       # a permutation
+    assert list(_length_grouped_sampler(8, lengths, seed=7)) == order  # same seed, same order
+    s.set_epoch(1)
+    assert list(s) != order                                          # a new order each epoch
+    s.set_epoch(0)
+    assert list(s) == order                                          # and epoch 0 again on resume
+    assert list(_length_grouped_sampler(8, lengths, seed=8)) != order
+
+    def padded(idx):  # tokens of right-padded batches of 8
+        return sum(8 * max(lengths[i] for i in idx[j:j + 8]) for j in range(0, len(idx), 8))
+
+    random_order = rng.sample(range(400), 400)
+    assert padded(order) < 0.8 * padded(random_order)
+    assert padded(order) >= sum(lengths)

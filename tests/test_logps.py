@@ -136,3 +136,68 @@ def test_no_response_tokens_keeps_graph():
     assert out.tolist() == [0.0, 0.0]
     out.sum().backward()
     assert logits.grad is not None and logits.grad.abs().max() == 0
+
+
+# ---------------------------------------------------------------- model_response_logps
+
+
+def _tiny_neox(seed=0, v=37):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(vocab_size=v, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    return GPTNeoXForCausalLM(cfg).double().eval()
+
+
+class _FullLogits(torch.nn.Module):
+    """A causal LM whose forward ignores logits_to_keep (returns every position's logits)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, use_cache=False, logits_to_keep=0):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_model_response_logps_equals_full_logits_and_gradient(temperature):
+    from exoflow.logps import model_response_logps
+
+    model = _tiny_neox()
+    _, ids, mask = _batch(seed=3, v=37)
+    ids = ids.clamp(min=0)  # the model reads every id; padding is masked by attention_mask
+    attn = torch.tensor([[1] * 5 + [0] * 3, [0, 0] + [1] * 6, [1] * 8, [1] * 8])
+    full = model(input_ids=ids, attention_mask=attn).logits
+    want = response_logps(full, ids, mask, temperature)
+    assert full.shape == (4, 8, 37)
+    got = model_response_logps(model, ids, attn, mask, temperature)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert got[3].item() == 0.0 and got[0].item() < 0
+
+    # the same gradient for every parameter, LM head included
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    (want * w).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    (model_response_logps(model, ids, attn, mask, temperature) * w).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-9, atol=1e-12, msg=n)
+    assert ref["lm_head.weight"].abs().sum() > 0
+
+
+def test_model_response_logps_fallback_and_empty_mask():
+    from exoflow.logps import model_response_logps
+
+    model = _tiny_neox(seed=1)
+    _, ids, mask = _batch(seed=4, v=37)
+    ids = ids.clamp(min=0)
+    attn = torch.ones_like(ids)
+    want = model_response_logps(model, ids, attn, mask, 0.8)
+    torch.testing.assert_close(model_response_logps(_FullLogits(model), ids, attn, mask, 0.8),
+                               want, rtol=0, atol=1e-10)
+    zero = model_response_logps(model, ids, attn, torch.zeros_like(mask), 0.8)
+    assert zero.tolist() == [0.0] * 4 and zero.requires_grad
+    with pytest.raises(ValueError, match="first token"):
+        model_response_logps(model, ids, attn, torch.ones_like(mask), 0.8)
