@@ -27,7 +27,10 @@ Contenders
 * ``trl sigmoid precomputed``: ``precompute_ref_log_probs=True`` (the precompute pass in the
   constructor is not timed, as exoflow's cache is not);
 * ``original way``: the original scripts' batching emulated with exoflow's trainer: the collator
-  pads every batch to ``max_len`` and the reference runs at every step (``ref_cache=None``).
+  pads every batch to ``max_len``, batches are uniformly random, the LM head runs over every
+  position and the reference runs at every step (``ref_cache=None``).
+* ablations (``--ablations``): ``exoflow dpo-pref`` with uniformly random batches instead of
+  length-grouped ones, or with the LM head over every position instead of the response positions.
 """
 
 from __future__ import annotations
@@ -52,10 +55,10 @@ CONTENDERS = [
     "original way (pad max_len + online ref)",
     "exoflow dpo-pref, online ref",
 ]
-# Benchmark-side prototypes of pipeline fixes (--prototypes): not what the pipeline does today.
-PROTOTYPES = [
-    "exoflow dpo-pref + length-grouped batches (prototype)",
-    "exoflow dpo-pref + LM head on response positions (prototype)",
+# Ablations (--ablations): the pipeline with one of its speed-ups switched off.
+ABLATIONS = [
+    "exoflow dpo-pref, random batches",
+    "exoflow dpo-pref, full LM head",
 ]
 DEFAULTS = {"tiny": dict(steps=12, batch=8), "large": dict(steps=5, batch=4)}
 LR = 1e-5
@@ -118,47 +121,33 @@ def _run_exoflow(name: str, cfg: dict, tmp: Path, steps: int) -> dict:
             seq_counts.append(int(out["attention_mask"].sum()))
             return out
 
-    orig = A.AlignCollator, A._trainer_class, A.sequence_logps
+    orig = A.AlignCollator, A.sequence_logps
     A.AlignCollator = CountingCollator
-    if "length-grouped" in name:
-        # transformers' LengthGroupedSampler over each prompt's longest candidate: batches of
-        # similar length (megabatches of 50 batches sorted by length, in random order)
-        base_cls = orig[1]()
+    original = name.startswith("original")
+    if original or "full LM head" in name:
+        # the LM head over every position, then the response positions picked from the logits
+        # (what the original scripts and trl do)
+        from exoflow.logps import response_logps
 
-        class Grouped(base_cls):
-            def _get_train_sampler(self, train_dataset=None):
-                from transformers.trainer_pt_utils import LengthGroupedSampler
-
-                ds = train_dataset if train_dataset is not None else self.train_dataset
-                return LengthGroupedSampler(
-                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                    lengths=[max(len(x) for x in f["input_ids"]) for f in ds])
-
-        A._trainer_class = lambda: Grouped
-    if "LM head on response" in name:
         def sequence_logps(model, batch, temperature):
-            hidden = model.gpt_neox(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"],
-                                    use_cache=False).last_hidden_state  # (S, T, d)
-            rows, cols = (batch["loss_mask"][:, 1:] != 0).nonzero(as_tuple=True)
-            z = model.get_output_embeddings()(hidden[:, :-1][rows, cols]).float() / temperature  # (n, V)
-            tgt = batch["input_ids"][:, 1:][rows, cols]
-            lp = z.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
-            return torch.zeros(batch["input_ids"].shape[0], device=z.device).index_add(0, rows, lp)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits  # (S, T, V)
+            return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
 
         A.sequence_logps = sequence_logps
     try:
         params = A.AlignParams(loss=loss, data="p2r", lr=LR, batch_size=cfg["batch"],
                                micro_batch_size=cfg["batch"], max_steps=steps,
                                save_every=steps, max_len=cfg["max_len"],
-                               max_gen_len=cfg["max_gen_len"])
+                               max_gen_len=cfg["max_gen_len"],
+                               group_by_length=not (original or "random batches" in name))
         engine = EngineParams(num_threads=C.THREADS, logging_steps=10, checkpoint_every=10_000,
                               dtype="fp32", seed=42)
         timer = _StepTimer()
         A.train_align(cfg["model"], cfg["data"], tmp / "out", tmp / "work", None, params, engine,
                       ref_cache=None if online else cfg["ref_cache"], callbacks=[timer])
     finally:
-        A.AlignCollator, A._trainer_class, A.sequence_logps = orig
+        A.AlignCollator, A.sequence_logps = orig
     return {"begins": timer.begins, "opt": timer.opt, "tokens": counts, "seq_tokens": seq_counts}
 
 
@@ -299,15 +288,15 @@ def main(argv=None):
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--max-gen-len", type=int, default=200)
     ap.add_argument("--only", nargs="*", help="substrings of contender names to run")
-    ap.add_argument("--prototypes", action="store_true",
-                    help="also run the benchmark-side prototypes of pipeline fixes")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also run exoflow with one of its speed-ups switched off")
     a = ap.parse_args(argv)
     steps = a.steps or DEFAULTS[a.size]["steps"]
     batch = a.batch or DEFAULTS[a.size]["batch"]
     C.set_threads()
     t_start = time.perf_counter()
     cfg = prepare(a.size, steps, batch, a.max_len, a.max_gen_len)
-    names = [n for n in CONTENDERS + (PROTOTYPES if a.prototypes else [])
+    names = [n for n in CONTENDERS + (ABLATIONS if a.ablations else [])
              if not a.only or any(s in n for s in a.only)]
 
     from transformers import AutoConfig
@@ -398,11 +387,11 @@ def main(argv=None):
             t = targets.get(n)
             rrows.append([f"{o} / {n}", f"{v:.2f}x", f"{ratio_best(o, n):.2f}x",
                           f">= {t}x" if t else "-", ("met" if v >= t else "MISSED") if t else ""])
-    for p in [n for n in names if n in PROTOTYPES]:
-        v = ratio(p, "exoflow dpo-pref")
+    for p in [n for n in names if n in ABLATIONS]:
+        v = ratio("exoflow dpo-pref", p)
         if v is not None:
-            rrows.append([f"{p} / exoflow dpo-pref", f"{v:.2f}x", f"{ratio_best(p, 'exoflow dpo-pref'):.2f}x",
-                          "-", ""])
+            rrows.append([f"exoflow dpo-pref / {p}", f"{v:.2f}x",
+                          f"{ratio_best('exoflow dpo-pref', p):.2f}x", "-", ""])
     print(C.fmt_table(["speed-up in steps/s", "median of per-repeat ratios", "best / best",
                        "target", ""],
                       rrows))

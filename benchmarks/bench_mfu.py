@@ -5,20 +5,20 @@ measured on the same machine in the same run, and where the rest of the time goe
 
 1. Peak: torch.matmul of two 2048x2048 fp32 matrices (and the training's own GEMM shapes),
    median of 10 after warm-up, torch.set_num_threads(2).
-2. Training: exoflow's alignment step (``exoflow.align.batch_loss`` with cached reference
+2. Training: exoflow's alignment step (``exoflow.align.sequence_logps`` + loss with cached reference
    log-probs, i.e. the policy forward + backward only, AdamW (0.9, 0.95), clip 1.0) on B real HH
    harmless-base prompts x 2 responses per step, batches collated by ``AlignCollator`` (padded to
    the batch's longest). Each phase is timed (collate, forward, log-probs + loss, backward,
    clip + optimizer); medians over the steps after the first (warm-up).
-   Model FLOPs per step = 6 * N * tokens + 12 * L * d * sum_seq(len^2) (N: parameters without
-   the input embedding, a lookup; the attention term counts the full T x T score and value
+   Model FLOPs per step = 6 * (N - V*d) * tokens + 6 * V*d * head positions
+   + 12 * L * d * sum_seq(len^2) (N: parameters without the input embedding, a lookup; V*d the
+   LM head, applied at the response positions only in exoflow; the attention term counts the full T x T score and value
    products, forward + backward); MFU counts the real tokens, HFU the padded positions.
 3. torch.profiler over 2 steps: self CPU time grouped into matmul (mm/addmm/bmm), attention
    (SDPA), vocabulary log-softmax (logsumexp / log_softmax over V), element-wise + norms,
    optimizer (_foreach / adam), copies/indexing, and the wall time outside any op (Python).
-4. Variant (a benchmark-side prototype, not the pipeline): the LM head applied only to the
-   response positions (hidden states gathered before ``embed_out``) instead of every position,
-   as trl's fused head does on GPU; timed the same way.
+4. Comparison: the same step with the LM head over every position (the original scripts' and
+   trl's way on the CPU) instead of only the response positions; timed the same way.
 """
 
 from __future__ import annotations
@@ -50,19 +50,14 @@ def matmul_flops(n: int, reps: int = 10, m: int | None = None, k: int | None = N
     return 2 * m * n * k / statistics.median(ts)
 
 
-def head_only_on_response(model, batch, temperature):
-    """Summed response log-probs with the LM head applied only where the loss mask is set."""
-    import torch
+def all_position_head(model, batch, temperature):
+    """Summed response log-probs with the LM head over every position (the original scripts' and
+    trl's way on the CPU), the response positions picked from the (S, T, V) logits."""
+    from exoflow.logps import response_logps
 
-    hidden = model.gpt_neox(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            use_cache=False).last_hidden_state  # (S, T, d)
-    mask = batch["loss_mask"][:, 1:] != 0
-    rows, cols = mask.nonzero(as_tuple=True)
-    h = hidden[:, :-1][rows, cols]  # (n, d)
-    z = model.get_output_embeddings()(h).float() / temperature
-    tgt = batch["input_ids"][:, 1:][rows, cols]
-    lp = z.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
-    return torch.zeros(batch["input_ids"].shape[0]).index_add(0, rows, lp)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits
+    return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
 
 
 def main(argv=None):
@@ -108,6 +103,7 @@ def main(argv=None):
     shapes = {"2048^3 square": peak, "4096^3 square": matmul_flops(4096, reps=3)}
 
     def train(step_fn_logps, n_steps, label):
+        all_head = step_fn_logps is all_position_head
         import copy
 
         m = copy.deepcopy(model).train()
@@ -120,18 +116,9 @@ def main(argv=None):
             batch = collate(bf)
             t1 = time.perf_counter()
             ph["collate"] = t1 - t0
-            if step_fn_logps is None:
-                logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits
-                t2 = time.perf_counter()
-                ph["forward (model, all logits)"] = t2 - t1
-                from exoflow.logps import response_logps
-
-                pol = response_logps(logits, batch["input_ids"], batch["loss_mask"], params.temp)
-            else:
-                pol = step_fn_logps(m, batch, params.temp)
-                t2 = time.perf_counter()
-                ph["forward (model, all logits)"] = t2 - t1
+            pol = step_fn_logps(m, batch, params.temp)
+            t2 = time.perf_counter()
+            ph["forward + response log-probs"] = t2 - t1
             Bk = batch["rewards"].shape
             from exoflow.losses import alignment_loss, group_candidates
 
@@ -140,7 +127,7 @@ def main(argv=None):
                                      group_candidates(batch["rewards"], 2), params.beta_pi,
                                      params.beta_r, params.pref_log_eps)
             t3 = time.perf_counter()
-            ph["log-probs + loss"] = t3 - t2
+            ph["loss"] = t3 - t2
             loss.backward()
             t4 = time.perf_counter()
             ph["backward"] = t4 - t3
@@ -153,11 +140,14 @@ def main(argv=None):
             lens = am.sum(1).tolist()
             S, T = am.shape
             real = sum(lens)
-            fl_real = 6 * N * real + 12 * L * d * sum(x * x for x in lens)
-            fl_pad = 6 * N * S * T + 12 * L * d * S * T * T
+            resp = int(batch["loss_mask"].sum())
+            # FLOPs the step needs: the LM head (V x d) only where it is applied
+            head_real, head_pad = (real, S * T) if all_head else (resp, resp)
+            fl_real = 6 * (N - V * d) * real + 6 * V * d * head_real + 12 * L * d * sum(x * x for x in lens)
+            fl_pad = 6 * (N - V * d) * S * T + 6 * V * d * head_pad + 12 * L * d * S * T * T
             recs.append({"secs": t5 - t0, "phases": ph, "real": real, "padded": S * T,
                          "fl_real": fl_real, "fl_pad": fl_pad,
-                         "resp": int(batch["loss_mask"].sum())})
+                         "resp": resp})
         return recs[1:], m, opt
 
     def summarize(label, recs):
@@ -166,8 +156,8 @@ def main(argv=None):
         hfu = statistics.median([r["fl_pad"] / r["secs"] for r in recs])
         return secs, mfu, hfu
 
-    base, m, opt = train(None, a.steps, "exoflow")
-    var, _, _ = train(head_only_on_response, a.steps, "variant")
+    base, m, opt = train(A.sequence_logps, a.steps, "exoflow")
+    var, _, _ = train(all_position_head, a.steps, "all-position head")
     s0, mfu0, hfu0 = summarize("exoflow", base)
     s1, mfu1, hfu1 = summarize("variant", var)
     print()
@@ -176,9 +166,9 @@ def main(argv=None):
     tok_real = statistics.median([r["real"] for r in base])
     tok_pad = statistics.median([r["padded"] for r in base])
     rows = [
-        ["exoflow align step (all-position LM head)", f"{s0:.3f}", f"{mfu0 / 1e9:.1f}",
+        ["exoflow align step (LM head on response positions)", f"{s0:.3f}", f"{mfu0 / 1e9:.1f}",
          f"{100 * mfu0 / peak:.1f}%", f"{hfu0 / 1e9:.1f}", f"{100 * hfu0 / peak:.1f}%"],
-        ["variant: LM head on response positions only", f"{s1:.3f}", f"{mfu1 / 1e9:.1f}",
+        ["same step, LM head over every position", f"{s1:.3f}", f"{mfu1 / 1e9:.1f}",
          f"{100 * mfu1 / peak:.1f}%", f"{hfu1 / 1e9:.1f}", f"{100 * hfu1 / peak:.1f}%"],
     ]
     print(C.fmt_table(["training step", "s/step", "model GFLOP/s (real tokens)",
@@ -186,7 +176,7 @@ def main(argv=None):
     print(f"# per step: {tok_real:.0f} real tokens, {tok_pad:.0f} padded positions "
           f"({100 * (1 - tok_real / tok_pad):.0f}% padding), "
           f"{statistics.median([r['resp'] for r in base]):.0f} response tokens; "
-          f"variant speed-up {s0 / s1:.2f}x")
+          f"exoflow / all-position head: {s1 / s0:.2f}x faster")
     print()
     phases = list(base[0]["phases"])
     prow = []

@@ -13,6 +13,9 @@ repeat); one untimed warm-up call each first. New tokens are counted by wrapping
 ``model.generate`` (per row: generated tokens before the first EOS/pad), for both sides alike;
 the headline ratio is the median of the per-repeat wall-time ratios for the same prompt set.
 
+exoflow runs each prompt once and copies its KV cache to its n rows (``share_prompt_cache``);
+``--ablations`` adds exoflow without that, to measure its share.
+
 Note: a random-init model rarely emits EOS, so nearly every row runs to max_new_tokens on both
 sides; the length-sorting gain is then the padding of the prompts (left padding to the batch's
 longest prompt), not early stopping.
@@ -63,6 +66,8 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--returns", type=int, nargs="*", default=[2, 4])
+    ap.add_argument("--ablations", action="store_true",
+                    help="also run exoflow without its shared prompt cache")
     a = ap.parse_args(argv)
     P = a.prompts or DEFAULTS[a.size]["prompts"]
     B = a.batch or DEFAULTS[a.size]["batch"]
@@ -93,12 +98,19 @@ def main(argv=None):
                                   max_new_tokens=a.max_new_tokens, max_len=a.max_len,
                                   batch_size=B, seed=42, progress=False)
 
+    def ours_unshared(ps, n):
+        return sample_completions(model, tok, ps, num_return=n, temperature=0.8, top_k=0,
+                                  max_new_tokens=a.max_new_tokens, max_len=a.max_len,
+                                  batch_size=B, seed=42, progress=False, share_prompt_cache=False)
+
     def theirs(ps, n):
         return pipe(ps, batch_size=B, max_new_tokens=a.max_new_tokens, do_sample=True,
                     temperature=0.8, top_k=0, top_p=1.0, num_return_sequences=n,
                     return_full_text=False, pad_token_id=tok.pad_token_id)
 
     contenders = {"exoflow sample_completions": ours, "pipeline text-generation (unsorted)": theirs}
+    if a.ablations:
+        contenders["exoflow, prompt cache not shared"] = ours_unshared
     print(f"# bench_sampling  size={a.size} params={C.n_params(model) / 1e6:.1f}M  prompts={P} "
           f"(HH harmless-base test, mean {sum(lens) / len(lens):.0f} / max {max(lens)} tokens)  "
           f"batch={B} prompts  max_new_tokens={a.max_new_tokens}  temperature=0.8  "
@@ -137,6 +149,10 @@ def main(argv=None):
         v = C.median([y["secs"] / x["secs"] for x, y in zip(o, t)])
         vt = C.median([(x["tokens"] / x["secs"]) / (y["tokens"] / y["secs"]) for x, y in zip(o, t)])
         rr.append([f"n={n}", f"{v:.2f}x", f"{vt:.2f}x", ">= 2x", "met" if vt >= 2 else "MISSED"])
+        if a.ablations:
+            u = res[("exoflow, prompt cache not shared", n)]
+            vu = C.median([y["secs"] / x["secs"] for x, y in zip(o, u)])
+            rr.append([f"n={n}: shared / not shared prompt cache", f"{vu:.2f}x", "", "-", ""])
     print(C.fmt_table(["completions/prompt", "wall-time ratio", "new tok/s ratio", "target", ""], rr))
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s; load average at the end "
           f"{C.load()} (other jobs on the machine share the 2 cores when it is above ~2)")

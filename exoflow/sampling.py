@@ -179,14 +179,30 @@ def _strip_generated(ids: list[int], eos_id: int) -> list[int]:
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
+def _shared_prompt_cache(model, batch: dict, repeats: int, device):
+    """The KV cache of a left-padded batch of distinct prompts without their last token,
+    computed once per prompt and repeated ``repeats`` times per row (``generate`` then feeds
+    the last prompt token and decodes). Position ids follow the attention mask, as in
+    ``generate``."""
+    ids = batch["input_ids"][:, :-1].to(device)
+    mask = batch["attention_mask"][:, :-1].to(device)
+    pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
 def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                        temperature: float, top_k: int, max_new_tokens: int, max_len: int,
-                       batch_size: int, seed: int, progress: bool = True) -> list[list[str]]:
+                       batch_size: int, seed: int, progress: bool = True,
+                       share_prompt_cache: bool = True) -> list[list[str]]:
     """``num_return`` completions for each prompt, in prompt order (see the module docstring).
 
     ``batch_size`` counts prompts; a ``generate`` call holds ``batch_size * num_return`` rows.
     Prompts are left-truncated to ``max_len`` tokens (an empty prompt becomes one EOS, the
     Pythia BOS). ``temperature=0`` is greedy (all ``num_return`` completions then agree).
+    ``share_prompt_cache``: run each prompt through the model once and copy its KV cache to
+    its ``num_return`` rows, instead of once per row (same samples, less prompt compute).
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -217,11 +233,15 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                     u = _uniforms(seed, keys, max_new_tokens).to(device)
                     processors.append(_sampler(u, width, temperature, top_k))
                 stop = StoppingCriteriaList([_turn_stopper(tokenizer, ends, width)])
+                extra = {}
+                if share_prompt_cache and num_return > 1 and width > 1:
+                    uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
+                    extra["past_key_values"] = _shared_prompt_cache(model, uniq, num_return, device)
                 out = model.generate(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),
                     generation_config=gen_config, logits_processor=processors,
-                    stopping_criteria=stop,
+                    stopping_criteria=stop, **extra,
                 )
                 for (i, _), row in zip(keys, out[:, width:].tolist()):
                     ids = _strip_generated(row, eos_id)

@@ -107,6 +107,17 @@ def test_samples_do_not_depend_on_batching_or_num_prompts(lm, tok, prompts):
     assert first == one[:3]
 
 
+@pytest.mark.parametrize("num_return", [2, 4])
+def test_shared_prompt_cache_gives_the_same_samples(lm, tok, prompts, num_return):
+    """Each prompt run once and its KV cache copied to its rows = each row run on its own
+    (batches mix prompt lengths, so left padding is in the shared cache too)."""
+    shared = sample_completions(lm, tok, prompts, **kw(num_return=num_return, batch_size=4))
+    alone = sample_completions(lm, tok, prompts, **kw(num_return=num_return, batch_size=4,
+                                                      share_prompt_cache=False))
+    assert shared == alone
+    assert sum(len(c) for x in shared for c in x) > 20 * num_return  # real text, not empty
+
+
 def test_greedy_left_padding_matches_unpadded_generate(lm, tok, prompts):
     batched = sample_completions(lm, tok, prompts, **kw(temperature=0.0, batch_size=7))
     single = sample_completions(lm, tok, prompts, **kw(temperature=0.0, batch_size=1))
@@ -189,7 +200,9 @@ def test_generation_stops_at_turn_and_eos(parrot, tok):
         h.remove()
     assert out == [[" Sure.", " Sure."], [" Fine.", " Fine."]]
     n_turn = len(tok(" Sure.\n\nHuman:", add_special_tokens=False)["input_ids"])
-    assert len(calls) == n_turn  # the batch stopped as soon as the last row ended
+    # one forward for the shared prompt cache, then one per generated token: the batch stopped
+    # as soon as the last row ended
+    assert len(calls) == 1 + n_turn
 
 
 # ---- completion_logps ------------------------------------------------------------------
