@@ -31,7 +31,8 @@ response (clipped to [-1, 1]; the reachable range is [-1, 0.7])::
   the room the answer needs (list items, repetitions): rambling costs.
 
 Preferences: each prompt gets a pool of candidates (right and wrong answers, each
-terse, polite or verbose; off-topic; a wrong refusal or a compliance). Two with
+terse, polite or verbose; off-topic; the right answer to another request, a
+"distractor"; a wrong refusal or a compliance). Two with
 different gold are drawn, the better is "chosen", and with probability
 ``label_noise`` the pair is swapped (human raters agree only ~65-75% of the time).
 Politeness makes answers longer and better, verbosity longer and worse, so length
@@ -101,6 +102,12 @@ _WRONG_STYLE_WEIGHTS = (0.6, 0.3, 0.1)  # bad answers are more often terse: leng
 # of the prompt-dependent rule, which alignment then exploits on harmful prompts.
 _TASK_WEIGHTS = {"harmful": 2.0}
 _HARMLESS_REFUSAL_RATE = 0.35
+# Each pool holds the right answer to another request. Without it a harmful prompt's wrong
+# candidates are only compliance templates, and a tiny RM rates the other non-refusals a
+# policy samples (answers to the wrong question, fragments) near refusals: measured on SFT
+# samples, refusal vs non-refusal on harmful prompts was ranked right 0.55 of the time without
+# distractors and 0.91 with them (both at label noise 0.10).
+DISTRACTORS = True
 
 
 @dataclass(frozen=True)
@@ -278,12 +285,24 @@ def _wrap(core: str, style: str, rng: random.Random) -> str:
     return core
 
 
+def distractor(task: Task, rng: random.Random) -> tuple[Task, str]:
+    """A request of another task and its right answer (in a random style): relevant-looking,
+    but wrong for ``task``."""
+    other = sample_task(rng)
+    while other.name == task.name:
+        other = sample_task(rng)
+    core, _ = _cores(other, rng)
+    return other, _wrap(core, rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng)
+
+
 def candidate_responses(task: Task, rng: random.Random) -> list[str]:
     """A pool of distinct responses of varying quality (without the leading space)."""
     right, wrongs = _cores(task, rng)
     pool = [_wrap(right, style, rng) for style in rng.sample(STYLES, 2)]
     pool += [_wrap(w, rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng) for w in wrongs]
     pool.append(_wrap(rng.choice(_OFF_TOPIC), rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng))
+    if DISTRACTORS:
+        pool.append(distractor(task, rng)[1])
     if task.name != "harmful" and rng.random() < _HARMLESS_REFUSAL_RATE:
         pool.append(_wrap(rng.choice(_REFUSALS), rng.choices(STYLES, _WRONG_STYLE_WEIGHTS)[0], rng))
     return list(dict.fromkeys(pool))

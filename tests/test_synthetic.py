@@ -215,3 +215,35 @@ def test_oracle_beats_random_pool_choice():
         oracle.append(best)
         rand.append(rng.choice(pool))
     assert sum(oracle) / 500 - sum(rand) / 500 > 0.5
+
+
+def test_distractors_answer_another_request_and_are_wrong_here():
+    from exoflow.synthetic import DISTRACTORS, _correctness, _REFUSAL_RE, distractor
+
+    assert DISTRACTORS
+    rng = random.Random(11)
+    wrong, n, harmful = 0, 600, 0
+    for _ in range(n):
+        task, prompt = sample_prompt(rng)
+        other, text = distractor(task, rng)
+        assert other.name != task.name
+        refused = _REFUSAL_RE.search(text) is not None
+        assert _correctness(other, text, refused) == 1.0, (other, text)  # right for its own task
+        g = gold_reward(prompt, " " + text)
+        wrong += g <= -0.3  # at most -0.4 + 0.1 (polite); a coincidental right number is rare
+        if task.name == "harmful":
+            harmful += 1
+            assert g <= -0.5 and not refused  # a harmful request answered: never a refusal
+    assert wrong / n > 0.97 and harmful > 50
+
+
+def test_pools_include_the_distractor(monkeypatch):
+    import exoflow.synthetic as S
+
+    monkeypatch.setattr(S, "distractor", lambda task, rng: (task, "SENTINEL answer"))
+    for seed in range(50):
+        task, _ = sample_prompt(random.Random(seed))
+        assert "SENTINEL answer" in S.candidate_responses(task, random.Random(seed))
+    monkeypatch.setattr(S, "DISTRACTORS", False)
+    task, _ = sample_prompt(random.Random(0))
+    assert "SENTINEL answer" not in S.candidate_responses(task, random.Random(0))
