@@ -1,0 +1,38 @@
+"""The full tiny preset (`configs/tiny.yaml`, about 10 minutes on 2 cores): its rw alignment
+runs must beat SFT on the gold reward beyond the 95 % intervals, as the README reports.
+
+Marked slow (the default suite runs a shortened DAG in tests/test_e2e.py); run with
+``pytest -m slow tests/test_tiny_preset.py`` or ``make test-all``.
+"""
+
+import csv
+
+import pytest
+
+from tests.workflow_utils import copy_workflow, snakemake
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    wd = copy_workflow(tmp_path_factory.mktemp("tiny"))
+    proc = snakemake(wd, "eval_all", "--configfile", "configs/tiny.yaml", timeout=3600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    with open(wd / "results" / "tiny" / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _gold(row):
+    return tuple(float(row[k]) for k in ("gold_ci95_low", "gold_mean", "gold_ci95_high"))
+
+
+@pytest.mark.parametrize("run", ["exo-rw_nc2", "dpo-rw_nc2"])
+def test_rw_run_beats_sft_gold_beyond_the_intervals(summary, run):
+    sft_lo, sft_mean, sft_hi = _gold(next(r for r in summary if r["run"] == "sft"))
+    ckpts = [r for r in summary if r["run"] == run]
+    assert len(ckpts) == 3
+    best = max(ckpts, key=lambda r: _gold(r)[1])
+    lo, mean, hi = _gold(best)
+    # the best checkpoint's whole interval lies above SFT's whole interval
+    assert lo > sft_hi, (run, best["ckpt"], (lo, mean, hi), (sft_lo, sft_mean, sft_hi))
