@@ -100,6 +100,24 @@ def main(argv=None):
     print(C.fmt_table(["speed-up", "ratio", "target", ""],
                       [[f"{a_} / {b_}", f"{v:.2f}x", ">= 2x", "met" if v >= 2 else "MISSED"]]))
     print(f"# max |score difference| between the two sides: {diff:.2e}")
+    # What padding alone allows: forward FLOPs of the padded batches on each side (2N per
+    # position + attention 4*L*d*T^2 per row), exoflow's length-sorted vs the pipeline's
+    # batches in input order; on a compute-bound CPU the speed-up cannot exceed their ratio.
+    from exoflow.batching import length_sorted_batches
+
+    cfg = model.config
+    n_par, att = C.n_params(model, embeddings=False), 4 * cfg.num_hidden_layers * cfg.hidden_size
+
+    def flops(batches):
+        return sum(len(b) * (2 * n_par * max(lens[i] for i in b) + att * max(lens[i] for i in b) ** 2)
+                   for b in batches)
+
+    ours_b = length_sorted_batches(lens, B)
+    theirs_b = [allidx[i:i + B] for i in range(0, len(allidx), B)]
+    pad = lambda bs: sum(len(b) * max(lens[i] for i in b) for b in bs)  # noqa: E731
+    print(f"# padded positions: exoflow {pad(ours_b)}, pipeline {pad(theirs_b)} (real {sum(lens)}); "
+          f"forward FLOP ratio pipeline / exoflow = {flops(theirs_b) / flops(ours_b):.2f}x "
+          "(the bound on the speed-up from padding)")
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s; load average at the end "
           f"{C.load()} (other jobs on the machine share the 2 cores when it is above ~2)")
 

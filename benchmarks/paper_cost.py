@@ -24,8 +24,8 @@ Assumptions (printed with the result):
   --bw-eff x --hbm-tbs TB/s, or is FLOP bound, whichever is slower; a generate call runs until
   its longest row stops (max_new_tokens = 200 steps assumed, the mean useful response length
   is the measured one);
-* padding: training batches are random (shuffled) and padded to their longest sequence
-  (exoflow) vs to max_len (the original scripts); the expected longest of a micro-batch is
+* padding: SFT/RM batches are random (shuffled) and padded to their longest sequence, alignment
+  batches are length-grouped (exoflow) vs padded to max_len (the original scripts); the expected longest of a micro-batch is
   estimated by sampling micro-batches from the measured length distribution (seeded);
   inference (reference cache, scoring, prefill) is length-sorted in exoflow.
 """
@@ -137,10 +137,16 @@ def main(argv=None):
     ref_all = hours(fwd_fl(2 * 2 * TRAIN_PAIRS * T_ref, T_ref))  # p2r + rm_labels, K=2
     stages.append(("precompute_ref (2 data sets, all records)", ref_all, None))
     steps, prompts = 180, 64
-    T_al = expected_max(seq_pair, 32)
+    T_al = expected_max(seq_pair, 32)  # random micro-batches of 16 prompts x 2
     al_tokens = 4 * steps * prompts * 2 * T_al
-    al_pol = hours(train_fl(al_tokens, T_al))
+    al_random = hours(train_fl(al_tokens, T_al))
     al_ref_online = hours(fwd_fl(al_tokens, T_al))
+    # exoflow: length-grouped batches (megabatches of 50 batches sorted by length, so a
+    # micro-batch is about as wide as a length-sorted one) and the LM head (8 V d per token with
+    # recompute) only at the response positions
+    T_grp = sorted_padded(seq_pair, 32)
+    n_seq = 4 * steps * prompts * 2
+    al_pol = hours(train_fl(n_seq * T_grp, T_grp) - 8 * N_HEAD * n_seq * (T_grp - resp_mean))
     al_pad = hours(train_fl(4 * steps * prompts * 2 * MAX_LEN, MAX_LEN)) + \
         hours(fwd_fl(4 * steps * prompts * 2 * MAX_LEN, MAX_LEN))
     stages.append(("train_align (4 runs, cached ref)", al_pol, al_pad))
@@ -180,8 +186,9 @@ def main(argv=None):
     ]))
     print(f"# the runs visit {steps * prompts:,} of {TRAIN_PAIRS:,} prompts per data set; the cache "
           f"also drops the second 2.8B model (5.6 GB bf16 per GPU) from every alignment job")
-    print(f"# padding to max_len would cost train_align {al_pad - al_pol - al_ref_online:.1f} GPU-h "
-          f"more (policy+online ref at width {MAX_LEN} vs {T_al:.0f})")
+    print(f"# train_align: {al_pol:.2f} GPU-h with length-grouped batches (width ~{T_grp:.0f}) and the LM "
+          f"head on response positions; {al_random:.2f} GPU-h with random batches (width ~{T_al:.0f}) "
+          f"and the head everywhere; {al_pad:.2f} GPU-h padded to {MAX_LEN} with the reference online")
 
 
 if __name__ == "__main__":
