@@ -74,9 +74,9 @@ class AlignParams(_FromDict):
     lr_scheduler: str = _doc("transformers scheduler name.", "cosine")
     max_grad_norm: float = _doc("Gradient clipping norm.", 1.0)
     group_by_length: bool = _doc(
-        "Batches of prompts of similar length (transformers' length grouping over each prompt's "
-        "longest candidate, megabatches of 50 batches, in a seeded random order), which pads "
-        "less than random batches; false: uniformly random batches.", True)
+        "Batches of prompts of similar length (engine.length_grouped_sampler over each prompt's "
+        "longest candidate, seeded), which pads less than random batches; false: uniformly "
+        "random batches.", True)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -242,27 +242,6 @@ def reference_precision(engine: EngineParams) -> tuple[str, str | None]:
 _FLOAT_FIELDS = ("rewards", "ref_logps")
 
 
-def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
-    """transformers' ``LengthGroupedSampler`` whose order depends only on (seed, epoch), so a
-    resumed run skips exactly the batches it already trained on."""
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    class Sampler(LengthGroupedSampler):
-        def __init__(self):
-            super().__init__(batch_size, lengths=lengths)
-            self.seed, self.epoch = seed, 0
-
-        def set_epoch(self, epoch):
-            self.epoch = int(epoch)
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
-
-    return Sampler()
-
-
 def _trainer_class():
     import torch
 
@@ -280,14 +259,6 @@ def _trainer_class():
             self.ref_model = ref_model
             self._metric_sums: dict = {}
             self._metric_count = 0
-
-        def _get_train_sampler(self, train_dataset=None):
-            ds = train_dataset if train_dataset is not None else self.train_dataset
-            if not self.align_params.group_by_length or ds is None:
-                return super()._get_train_sampler(train_dataset)
-            return _length_grouped_sampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                [max(len(ids) for ids in f["input_ids"]) for f in ds], seed=self.args.seed)
 
         def _prepare_inputs(self, inputs):
             # The Trainer would cast float tensors to DeepSpeed's bf16/fp16, which cannot hold
@@ -441,6 +412,8 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
     trainer = _trainer_class()(
         model=model, args=args, data_collator=AlignCollator(tok.pad_token_id), train_dataset=train,
         processing_class=tok, align_params=params, ref_model=ref_model,
+        group_lengths=([max(len(ids) for ids in f["input_ids"]) for f in train]
+                       if params.group_by_length else None),
         callbacks=[saver, *(callbacks or [])])
     saver.trainer = trainer
     eng.attach_tensorboard(trainer, log_dir)

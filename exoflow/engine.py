@@ -138,6 +138,9 @@ class StageParams(_FromDict):
     weight_decay: float = _doc("AdamW weight decay.", 0.0)
     lr_scheduler: str = _doc("transformers scheduler name (cosine, linear, constant, ...).", "cosine")
     max_grad_norm: float = _doc("Gradient clipping norm.", 1.0)
+    group_by_length: bool = _doc(
+        "Batches of examples of similar length (engine.length_grouped_sampler, seeded), which "
+        "pads less than uniformly random batches (false).", True)
 
     def __post_init__(self):
         name = type(self).__name__
@@ -278,6 +281,21 @@ def trainer_class():
     from transformers import Trainer
 
     class ExoTrainer(Trainer):
+        """``group_lengths``: one length per training example; when given, batches are drawn by
+        :func:`length_grouped_sampler` (examples of similar length together, seeded order)."""
+
+        def __init__(self, *args, group_lengths=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.group_lengths = group_lengths
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.group_lengths is None or (train_dataset is not None
+                                              and train_dataset is not self.train_dataset):
+                return super()._get_train_sampler(train_dataset)
+            return length_grouped_sampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                self.group_lengths, seed=self.args.seed)
+
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # transformers 5.x saves some models with their hub key names (GPT-NeoX: lm_head ->
             # embed_out) but resumes with a non-strict load_state_dict that skips the renaming,
@@ -287,6 +305,28 @@ def trainer_class():
             reload_weights(model if model is not None else self.model, resume_from_checkpoint)
 
     return ExoTrainer
+
+
+def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
+    """transformers' ``LengthGroupedSampler`` (megabatches of 50 batches, each sorted by length,
+    in random order) whose order depends only on (seed, epoch), so a resumed run skips exactly
+    the batches it already trained on."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class Sampler(LengthGroupedSampler):
+        def __init__(self):
+            super().__init__(batch_size, lengths=list(lengths))
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = int(epoch)
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    return Sampler()
 
 
 def reload_weights(model, folder) -> None:

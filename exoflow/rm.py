@@ -153,7 +153,9 @@ def train_rm(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     train = encode_rm(tok, train_records, params.max_len, params.max_gen_len)
     test = encode_rm(tok, test_records, params.max_len, params.max_gen_len)
     trainer = _trainer_class()(model=model, args=args, data_collator=RMCollator(tok.pad_token_id),
-                               train_dataset=train, processing_class=tok, callbacks=callbacks)
+                               train_dataset=train, processing_class=tok, callbacks=callbacks,
+                               group_lengths=([max(len(f["chosen"]), len(f["rejected"])) for f in train]
+                                              if params.group_by_length else None))
     eng.attach_tensorboard(trainer, log_dir)
     run_params = {"stage": "rm", "base": str(base), "train": str(train_file),
                   "rm": params.to_dict(), "engine": engine.to_dict()}

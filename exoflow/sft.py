@@ -103,7 +103,9 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     train = encode_sft(tok, read_records(train_file), params.max_len, params.max_gen_len)
     test = encode_sft(tok, read_records(test_file), params.max_len, params.max_gen_len)
     trainer = eng.trainer_class()(model=model, args=args, data_collator=SFTCollator(tok.pad_token_id),
-                                  train_dataset=train, processing_class=tok, callbacks=callbacks)
+                                  train_dataset=train, processing_class=tok, callbacks=callbacks,
+                                  group_lengths=([len(f["input_ids"]) for f in train]
+                                                 if params.group_by_length else None))
     eng.attach_tensorboard(trainer, log_dir)
     run_params = {"stage": "sft", "base": str(base), "train": str(train_file),
                   "sft": params.to_dict(), "engine": engine.to_dict()}

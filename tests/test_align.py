@@ -283,7 +283,7 @@ def test_every_loss_trains(tiny, loss):
 
 
 def test_length_grouped_sampler_is_seeded_and_pads_less():
-    from exoflow.align import _length_grouped_sampler
+    from exoflow.engine import length_grouped_sampler as _length_grouped_sampler
 
     rng = random.Random(0)
     lengths = [rng.randint(20, 500) for _ in range(400)]

@@ -22,7 +22,7 @@ from exoflow.engine import (
     make_training_args,
     run_trainer,
 )
-from exoflow.io import read_json, write_json, write_records
+from exoflow.io import read_json, read_records, write_json, write_records
 from exoflow.sft import SFTParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,3 +340,42 @@ def test_deepspeed_killed_run_resumes(tiny, tmp_path):
     for a, b in zip(resumed["train_loss_curve"], ref["train_loss_curve"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert resumed["test_nll"] == pytest.approx(ref["test_nll"], abs=1e-5)
+
+
+# --- length-grouped batches in every stage --------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_stages_draw_length_grouped_batches(tiny, tmp_path, group):
+    """SFT and RM trainers get the seeded length-grouped sampler by default, over each
+    example's length (RM: the longer of its pair); group_by_length: false keeps random batches."""
+    import exoflow.engine as eng
+    from exoflow.rm import RMParams, train_rm
+    from exoflow.sft import train_sft
+
+    seen = {}
+    orig = eng.length_grouped_sampler
+
+    def spy(batch_size, lengths, seed):
+        seen.setdefault("calls", []).append((batch_size, list(lengths), seed))
+        return orig(batch_size, lengths, seed)
+
+    eng.length_grouped_sampler = spy
+    try:
+        train_sft(str(tiny.base), tiny.train, tiny.test, tmp_path / "sft", tmp_path / "w1",
+                  tmp_path / "l1", SFTParams.from_dict(tiny_stage(group_by_length=group)),
+                  tiny_engine())
+        train_rm(str(tiny.base), tiny.train, tiny.test, tmp_path / "rm", tmp_path / "w2",
+                 tmp_path / "l2", RMParams.from_dict(tiny_stage(group_by_length=group)),
+                 tiny_engine())
+    finally:
+        eng.length_grouped_sampler = orig
+    if not group:
+        assert "calls" not in seen
+        return
+    (bs1, sft_len, seed1), (bs2, rm_len, seed2) = seen["calls"]
+    n = len(read_records(tiny.train))
+    assert len(sft_len) == len(rm_len) == n and seed1 == seed2 == tiny_engine().seed
+    assert bs1 == tiny_stage()["batch_size"] and bs2 == tiny_stage()["batch_size"]
+    assert all(r >= s - 1 for s, r in zip(sft_len, rm_len))  # the RM pair's longer, no EOS
+    assert len(set(sft_len)) > 1
