@@ -24,8 +24,8 @@ Assumptions (printed with the result):
   --bw-eff x --hbm-tbs TB/s, or is FLOP bound, whichever is slower; a generate call runs until
   its longest row stops (max_new_tokens = 200 steps assumed, the mean useful response length
   is the measured one);
-* padding: SFT/RM batches are random (shuffled) and padded to their longest sequence, alignment
-  batches are length-grouped (exoflow) vs padded to max_len (the original scripts); the expected longest of a micro-batch is
+* padding: training batches are length-grouped and padded to their longest sequence (exoflow;
+  random batches shown for comparison) vs padded to max_len (the original scripts); the expected longest of a micro-batch is
   estimated by sampling micro-batches from the measured length distribution (seeded);
   inference (reference cache, scoring, prefill) is length-sorted in exoflow.
 """
@@ -121,13 +121,18 @@ def main(argv=None):
         return (prefill + calls * decode) / 3600
 
     stages = []
-    # SFT: 1 epoch of chosen responses, micro 8, padded to the micro-batch's longest
-    T_sft = expected_max(seq_c, 8)
+    # SFT: 1 epoch of chosen responses, micro 8; RM: pairs, micro 4 (8 sequences). exoflow's
+    # batches are length-grouped (about as wide as length-sorted ones); random batches padded to
+    # their longest are printed for comparison
+    T_sft_rand, T_rm_rand = expected_max(seq_c, 8), expected_max(seq_rm, 8)
+    T_sft = sorted_padded(seq_c, 8)
     stages.append(("train_sft", hours(train_fl(TRAIN_PAIRS * T_sft, T_sft)),
                    hours(train_fl(TRAIN_PAIRS * MAX_LEN, MAX_LEN))))
-    T_rm = expected_max(seq_rm, 8)
+    T_rm = sorted_padded([max(a, b) for a, b in zip(seq_rm[::2], seq_rm[1::2]) for _ in (0, 1)], 8)
     stages.append(("train_rm", hours(train_fl(2 * TRAIN_PAIRS * T_rm, T_rm)),
                    hours(train_fl(2 * TRAIN_PAIRS * MAX_LEN, MAX_LEN))))
+    sft_rm_random = hours(train_fl(TRAIN_PAIRS * T_sft_rand, T_sft_rand)) + \
+        hours(train_fl(2 * TRAIN_PAIRS * T_rm_rand, T_rm_rand))
     g_sft = gen_hours(TRAIN_PAIRS + TEST_PAIRS, 2, 32)
     stages.append(("sample_sft (train+test, 2/prompt)", g_sft, None))
     T_score = sorted_padded(seq_rm, 32)
@@ -167,9 +172,10 @@ def main(argv=None):
           f"here are ~{4 / cpt:.1f}x high): prompt {mean(pl):.0f}, chosen {mean(cl):.0f}, rejected "
           f"{mean(rl):.0f} tokens (means, untruncated); truncated sequence (prompt+response+EOS) "
           f"{mean(seq_pair):.0f}; mean response {resp_mean:.0f}")
-    print(f"# expected padded width: SFT micro 8 {T_sft:.0f}, RM micro 8 {T_rm:.0f}, align micro 32 "
-          f"sequences {T_al:.0f} (vs {MAX_LEN}); length-sorted inference batches {T_ref:.0f} "
-          f"(real mean {mean(seq_pair):.0f})")
+    print(f"# padded width: random micro-batches: SFT 8 {T_sft_rand:.0f}, RM 8 {T_rm_rand:.0f}, align 32 "
+          f"sequences {T_al:.0f} (expected longest, vs {MAX_LEN}); length-grouped/sorted: SFT "
+          f"{T_sft:.0f}, RM {T_rm:.0f} (each pair padded to its longer), align {T_grp:.0f}, "
+          f"inference {T_ref:.0f} (real mean {mean(seq_pair):.0f})")
     print()
     rows = [[n, f"{h:.1f}", f"{100 * h / total:.0f}%",
              f"{p:.1f}" if p is not None else "", f"{p / h:.2f}x" if p else ""] for n, h, p in stages]
@@ -186,6 +192,8 @@ def main(argv=None):
     ]))
     print(f"# the runs visit {steps * prompts:,} of {TRAIN_PAIRS:,} prompts per data set; the cache "
           f"also drops the second 2.8B model (5.6 GB bf16 per GPU) from every alignment job")
+    print(f"# train_sft + train_rm: {stages[0][1] + stages[1][1]:.2f} GPU-h with length-grouped batches; "
+          f"{sft_rm_random:.2f} GPU-h with random batches")
     print(f"# train_align: {al_pol:.2f} GPU-h with length-grouped batches (width ~{T_grp:.0f}) and the LM "
           f"head on response positions; {al_random:.2f} GPU-h with random batches (width ~{T_al:.0f}) "
           f"and the head everywhere; {al_pad:.2f} GPU-h padded to {MAX_LEN} with the reference online")
