@@ -47,13 +47,7 @@ def response_logps(
             f"input_ids {tuple(input_ids.shape)} and loss_mask {tuple(loss_mask.shape)} must "
             f"both be (B, T) = {(b, t)} to match logits {tuple(logits.shape)}"
         )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if t > 0 and bool((loss_mask[:, 0] != 0).any()):
-        raise ValueError(
-            "loss_mask[:, 0] is nonzero: the first token has no preceding logits to predict it; "
-            "loss_mask marks predicted (response) tokens in input_ids, never position 0"
-        )
+    _check_mask_and_temperature(loss_mask, temperature)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     out = torch.zeros(b, dtype=dtype, device=logits.device)
     if t < 2:
@@ -66,6 +60,16 @@ def response_logps(
     targets = input_ids[:, 1:][rows, cols]
     return _sum_token_logps(lambda r: logits[rows[r], cols[r]], rows, targets,
                             mask[rows, cols], v, temperature, chunk_size, out)
+
+
+def _check_mask_and_temperature(loss_mask: Tensor, temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if loss_mask.shape[1] > 0 and bool((loss_mask[:, 0] != 0).any()):
+        raise ValueError(
+            "loss_mask[:, 0] is nonzero: the first token has no preceding logits to predict it; "
+            "loss_mask marks predicted (response) tokens in input_ids, never position 0"
+        )
 
 
 def _sum_token_logps(get_logits, rows, targets, weights, v, temperature, chunk_size, out):
@@ -107,14 +111,10 @@ def model_response_logps(
     (B, T, V) logits). Models whose forward ignores a boolean ``logits_to_keep`` (they return
     (B, T, V) logits) are handled by :func:`response_logps`, with the same result.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     b, t = input_ids.shape
     if loss_mask.shape != (b, t):
         raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must be (B, T) = {(b, t)}")
-    if t > 0 and bool((loss_mask[:, 0] != 0).any()):
-        raise ValueError("loss_mask[:, 0] is nonzero: the first token has no preceding logits "
-                         "to predict it")
+    _check_mask_and_temperature(loss_mask, temperature)
     keep = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)
     keep[:, :-1] = loss_mask[:, 1:] != 0  # logits at t-1 predict token t
     n = int(keep.sum())

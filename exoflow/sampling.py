@@ -226,7 +226,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
         with torch.inference_mode():
             for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
                 keys = [(i, j) for i in idx for j in range(num_return)]
-                batch = pad_batch([_as_prompt(encoded[i]) for i, _ in keys], pad_id, side="left")
+                uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
+                batch = {k: v.repeat_interleave(num_return, 0) for k, v in uniq.items()}
                 width = batch["input_ids"].shape[1]
                 processors = LogitsProcessorList()
                 if temperature > 0:
@@ -235,7 +236,6 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                 stop = StoppingCriteriaList([_turn_stopper(tokenizer, ends, width)])
                 extra = {}
                 if share_prompt_cache and num_return > 1 and width > 1:
-                    uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
                     extra["past_key_values"] = _shared_prompt_cache(model, uniq, num_return, device)
                 out = model.generate(
                     input_ids=batch["input_ids"].to(device),
