@@ -136,3 +136,14 @@ def dump(obj, path):
 
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def all_position_head_logps(model, batch, temperature):
+    """Summed response log-probs with the LM head over every position (the original scripts'
+    and trl's way on the CPU), the response positions picked from the (S, T, V) logits; the
+    pipeline's ``exoflow.align.sequence_logps`` applies the head at response positions only."""
+    from exoflow.logps import response_logps
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits
+    return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)

@@ -127,14 +127,7 @@ def _run_exoflow(name: str, cfg: dict, tmp: Path, steps: int) -> dict:
     if original or "full LM head" in name:
         # the LM head over every position, then the response positions picked from the logits
         # (what the original scripts and trl do)
-        from exoflow.logps import response_logps
-
-        def sequence_logps(model, batch, temperature):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # (S, T, V)
-            return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
-
-        A.sequence_logps = sequence_logps
+        A.sequence_logps = C.all_position_head_logps
     try:
         params = A.AlignParams(loss=loss, data="p2r", lr=LR, batch_size=cfg["batch"],
                                micro_batch_size=cfg["batch"], max_steps=steps,

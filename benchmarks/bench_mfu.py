@@ -50,16 +50,6 @@ def matmul_flops(n: int, reps: int = 10, m: int | None = None, k: int | None = N
     return 2 * m * n * k / statistics.median(ts)
 
 
-def all_position_head(model, batch, temperature):
-    """Summed response log-probs with the LM head over every position (the original scripts' and
-    trl's way on the CPU), the response positions picked from the (S, T, V) logits."""
-    from exoflow.logps import response_logps
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits
-    return response_logps(logits, batch["input_ids"], batch["loss_mask"], temperature)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(C.SIZES), default="large")
@@ -103,7 +93,7 @@ def main(argv=None):
     shapes = {"2048^3 square": peak, "4096^3 square": matmul_flops(4096, reps=3)}
 
     def train(step_fn_logps, n_steps, label):
-        all_head = step_fn_logps is all_position_head
+        all_head = step_fn_logps is C.all_position_head_logps
         import copy
 
         m = copy.deepcopy(model).train()
@@ -157,7 +147,7 @@ def main(argv=None):
         return secs, mfu, hfu
 
     base, m, opt = train(A.sequence_logps, a.steps, "exoflow")
-    var, _, _ = train(all_position_head, a.steps, "all-position head")
+    var, _, _ = train(C.all_position_head_logps, a.steps, "all-position head")
     s0, mfu0, hfu0 = summarize("exoflow", base)
     s1, mfu1, hfu1 = summarize("variant", var)
     print()
