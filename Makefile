@@ -19,12 +19,19 @@ install: $(VENV)/.installed
 tiny: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake $(TARGET) --cores $(CORES) --configfile configs/tiny.yaml
 
-test: install
+test: lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
 
-test-all: install
+test-all: lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m ''
 
+# Style and workflow checks (part of `make test`): ruff, snakemake --lint, and a dry run of
+# every shipped config (config.yaml; configs/tiny.yaml; configs/tiny_hh.yaml over tiny.yaml).
+SMK := $(VENV)/bin/snakemake
 lint: install
-	$(VENV)/bin/ruff check exoflow workflow_scripts tests
-	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake --lint --configfile configs/tiny.yaml
+	$(VENV)/bin/ruff check exoflow workflow_scripts tests benchmarks scripts
+	$(SMK) --lint
+	$(SMK) --lint --configfile configs/tiny.yaml
+	$(SMK) eval_all -n --quiet all
+	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml
+	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml configs/tiny_hh.yaml

@@ -63,8 +63,9 @@ def main(argv=None):
     from torch.profiler import ProfilerActivity, profile
 
     import exoflow.align as A
+    import exoflow.align_data as D
+    from exoflow.logps import text_logps
     from exoflow.modeling import load_causal_lm
-    from exoflow.refcache import compute_ref_logps
 
     t_start = time.perf_counter()
     tok = C.load_tok()
@@ -79,9 +80,11 @@ def main(argv=None):
     params = A.AlignParams(loss="exo-pref", data="p2r", lr=1e-5, batch_size=a.batch,
                            micro_batch_size=a.batch, max_steps=1, save_every=1,
                            max_len=a.max_len, max_gen_len=a.max_gen_len)
-    ref = compute_ref_logps(model, tok, records, params.temp, a.max_len, a.max_gen_len, 16)
-    feats = A.encode_align(tok, records, a.max_len, a.max_gen_len, ref)
-    collate = A.AlignCollator(tok.pad_token_id)
+    ref = text_logps(model, tok, [r["prompt"] for r in records],
+                     [r["completions"] for r in records], a.max_len, a.max_gen_len, 16,
+                     temperature=params.temp)
+    feats = D.encode_align(tok, records, a.max_len, a.max_gen_len, ref)
+    collate = D.AlignCollator(tok.pad_token_id)
     batches_feats = [feats[i:i + a.batch] for i in range(0, len(feats), a.batch)]
 
     print(f"# bench_mfu  size={a.size}: GPT-NeoX hidden {d}, layers {L}, vocab {V}, "

@@ -31,52 +31,47 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batching import Encoded, encode_pair, pad_batch
-from .engine import EngineParams, ParamsError, _doc, _FromDict
+from . import engine as eng
+from .align_data import AlignCollator, check_num_candidates, encode_align
+from .engine import EngineParams, FromDict, check_optimizer, reference_precision, step_records
+from .errors import ExoflowError, ParamsError
+from .io import read_json, read_numbered, write_json
+from .logps import model_response_logps
 from .losses import LOSSES, alignment_loss, group_candidates
+from .modeling import load_causal_lm, load_tokenizer
+from .refcache import load_ref_cache, reference_dtype
 
-__all__ = [
-    "AlignCollator",
-    "AlignParams",
-    "batch_loss",
-    "check_num_candidates",
-    "encode_align",
-    "pad_candidates",
-    "reference_precision",
-    "train_align",
-]
+__all__ = ["AlignParams", "batch_loss", "sequence_logps", "train_align"]
 
 
 @dataclass
-class AlignParams(_FromDict):
-    """One alignment run: config ``align.defaults`` updated with the run's entry."""
+class AlignParams(FromDict):
+    """One alignment run: config ``align.defaults`` updated with the run's entry, each key
+    described in ``schemas/config.schema.yaml`` (definitions.align_params)."""
 
-    loss: str = _doc(f"Alignment loss, one of {sorted(LOSSES)}.")
-    data: str = _doc("Alignment data set: rm_labels (SFT samples + RM rewards) or p2r (pairs).")
-    lr: float = _doc("Peak learning rate (AdamW); the paper: 1e-6.")
-    batch_size: int = _doc("Prompts per optimizer step, across processes and accumulation.")
-    micro_batch_size: int = _doc("Prompts per process per forward (each with all K candidates).")
-    max_steps: int = _doc("Optimizer steps.")
-    save_every: int = _doc("Steps between checkpoints; ckpt k is saved at step k * save_every.")
-    beta_r: float = _doc("Target temperature: q = softmax(r / beta_r) for *-rw.", 0.5)
-    beta_pi: float = _doc("Policy scores s = beta_pi * (log pi - log pi_ref).", 0.5)
-    temp: float = _doc("tau: log-probs of logits / tau, for the policy and the reference.", 0.8)
-    pref_log_eps: float = _doc("log q of the losers for *-pref (the original code's -10).", -10.0)
-    num_contrastive: int = _doc("Candidates per group N; K must be a multiple of N.", 2)
-    warmup_steps: int = _doc("Linear warmup steps from 0.", 0)
-    max_len: int = _doc("Prompt + response tokens; the prompt is left-truncated to fit.", 512)
-    max_gen_len: int = _doc("Response tokens kept (right-truncated), before the EOS.", 200)
+    loss: str
+    data: str
+    lr: float
+    batch_size: int
+    micro_batch_size: int
+    max_steps: int
+    save_every: int
+    beta_r: float = 0.5
+    beta_pi: float = 0.5
+    temp: float = 0.8
+    pref_log_eps: float = -10.0
+    num_contrastive: int = 2
+    warmup_steps: int = 0
+    max_len: int = 512
+    max_gen_len: int = 200
     # The paper's optimiser (exact-optimization src/align_stage): Adam (0.9, 0.95), cosine
     # schedule, no weight decay, gradient clipping 1.0.
-    adam_beta1: float = _doc("AdamW beta1.", 0.9)
-    adam_beta2: float = _doc("AdamW beta2.", 0.95)
-    weight_decay: float = _doc("AdamW weight decay.", 0.0)
-    lr_scheduler: str = _doc("transformers scheduler name.", "cosine")
-    max_grad_norm: float = _doc("Gradient clipping norm.", 1.0)
-    group_by_length: bool = _doc(
-        "Batches of prompts of similar length (engine.length_grouped_sampler over each prompt's "
-        "longest candidate, seeded), which pads less than random batches; false: uniformly "
-        "random batches.", True)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -98,12 +93,14 @@ class AlignParams(_FromDict):
                 f"{self.micro_batch_size}; set batch_size = micro_batch_size x GPUs x accumulation")
         if self.max_steps < 1 or self.save_every < 1:
             raise ParamsError("align: max_steps and save_every must be >= 1")
-        if self.save_every > self.max_steps:
+        if self.max_steps % self.save_every:
             raise ParamsError(
-                f"align: save_every {self.save_every} > max_steps {self.max_steps} gives no "
-                "checkpoint; lower save_every")
+                f"align: max_steps {self.max_steps} is not a multiple of save_every "
+                f"{self.save_every}: the steps after the last checkpoint would be trained and "
+                "thrown away; make max_steps a multiple of save_every")
         if self.warmup_steps < 0:
             raise ParamsError(f"align.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check_optimizer(self, "align")
         if not 0 < self.max_gen_len < self.max_len:
             raise ParamsError(
                 f"align: need 0 < max_gen_len < max_len (got {self.max_gen_len}, {self.max_len}) "
@@ -117,83 +114,12 @@ class AlignParams(_FromDict):
         return [k * self.save_every for k in range(1, self.num_checkpoints + 1)]
 
 
-# ------------------------------------------------------------------------------ data
-
-
-def check_num_candidates(records, num_contrastive: int, source: str = "alignment data") -> int:
-    """The common K of ``records``; refuses unequal K, K % N != 0, or rewards of another length."""
-    if not records:
-        raise ParamsError(f"{source}: no records")
-    ks = {len(r["completions"]) for r in records}
-    if len(ks) != 1:
-        raise ParamsError(f"{source}: records have different numbers of completions {sorted(ks)}; "
-                          "a batch needs the same K for every prompt")
-    (k,) = ks
-    for i, r in enumerate(records):
-        if len(r["rewards"]) != k:
-            raise ParamsError(f"{source}: record {i} has {len(r['rewards'])} rewards for {k} "
-                              "completions")
-    if k % num_contrastive:
-        raise ParamsError(
-            f"{source}: each prompt has K={k} completions, which is not a multiple of "
-            f"num_contrastive N={num_contrastive}; set num_contrastive to a divisor of {k} "
-            f"(or sample a multiple of {num_contrastive} completions per prompt)")
-    return k
-
-
-def encode_align(tokenizer, records, max_len: int, max_gen_len: int, ref_logps=None) -> list[dict]:
-    """One feature per prompt: ``input_ids`` (K lists), ``n_prompt`` (K ints), ``rewards``
-    (K floats) and, when given (one list of K per record), ``ref_logps``."""
-    out = []
-    for i, r in enumerate(records):
-        enc = [encode_pair(tokenizer, r["prompt"], y, max_len, max_gen_len, add_eos=True)
-               for y in r["completions"]]
-        f = {"input_ids": [e.input_ids for e in enc], "n_prompt": [e.n_prompt for e in enc],
-             "rewards": [float(x) for x in r["rewards"]]}
-        if ref_logps is not None:
-            f["ref_logps"] = [float(x) for x in ref_logps[i]]
-        out.append(f)
-    return out
-
-
-def pad_candidates(seqs: list[Encoded], pad_id: int) -> dict:
-    """Right-padded ``input_ids``, ``attention_mask``, ``loss_mask`` (S, T) for log-probs."""
-    b = pad_batch(seqs, pad_id, "right")
-    # No logits predict the first token, so it is never scored (matters only for an empty prompt).
-    b["loss_mask"][:, 0] = 0
-    return b
-
-
-class AlignCollator:
-    """B prompts x K candidates -> one batch of B·K sequences, candidates of a prompt adjacent.
-
-    Returns ``input_ids``, ``attention_mask``, ``loss_mask`` (B·K, T) padded to the batch's
-    longest sequence, ``rewards`` (B, K) float32 and, when every feature has them,
-    ``ref_logps`` (B, K) float32.
-    """
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        seqs = [Encoded(ids, n) for f in features for ids, n in zip(f["input_ids"], f["n_prompt"])]
-        out = pad_candidates(seqs, self.pad_id)  # (B·K, T)
-        out["rewards"] = torch.tensor([f["rewards"] for f in features], dtype=torch.float32)
-        if all("ref_logps" in f for f in features):
-            out["ref_logps"] = torch.tensor([f["ref_logps"] for f in features], dtype=torch.float32)
-        return out
-
-
 # ------------------------------------------------------------------------------ the loss
 
 
 def sequence_logps(model, batch: dict, temperature: float):
     """Summed response log-probs (S,) of the sequences of a collated batch (the LM head runs
     only where a response token is predicted, :func:`exoflow.logps.model_response_logps`)."""
-    from .logps import model_response_logps
-
     return model_response_logps(model, batch["input_ids"], batch["attention_mask"],
                                 batch["loss_mask"], temperature)
 
@@ -224,30 +150,13 @@ def batch_loss(model, batch: dict, params: AlignParams, ref_model=None):
     )
 
 
-def reference_precision(engine: EngineParams) -> tuple[str, str | None]:
-    """``(weights dtype, autocast dtype or None)`` that run the reference as training runs the
-    policy, so that log π_θ − log π_ref starts at 0 rather than at the rounding difference of
-    two precisions: fp32 on the CPU or with dtype fp32; the dtype's weights under DeepSpeed (it
-    converts the model, no autocast); fp32 weights under autocast otherwise (the Trainer's amp).
-    """
-    from .engine import on_cpu
-
-    if on_cpu(engine) or engine.dtype == "fp32":
-        return "fp32", None
-    if engine.deepspeed:
-        return engine.dtype, None
-    return "fp32", engine.dtype
-
-
 _FLOAT_FIELDS = ("rewards", "ref_logps")
 
 
 def _trainer_class():
     import torch
 
-    from .engine import trainer_class
-
-    class AlignTrainer(trainer_class()):
+    class AlignTrainer(eng.trainer_class()):
         """Trainer with the alignment loss; logs :func:`alignment_loss`'s metrics (averaged over
         the micro-batches since the last log and over processes) next to ``loss``."""
 
@@ -274,6 +183,7 @@ def _trainer_class():
             if model.training:
                 for k, v in metrics.items():
                     self._metric_sums[k] = self._metric_sums.get(k, 0.0) + v.detach().float()
+                    self.add_step_metric(k, v / self.current_gradient_accumulation_steps)
                 self._metric_count += 1
             return (loss, metrics) if return_outputs else loss
 
@@ -299,8 +209,6 @@ def _ckpt_dirs(folder: Path) -> list[Path]:
 
 def _checkpoint_callback(work_dir: Path, params: AlignParams, tokenizer, run_params: dict):
     from transformers import TrainerCallback
-
-    from . import engine as eng
 
     class SaveAlignCheckpoints(TrainerCallback):
         """``<work_dir>/ckpt<k>`` at step k·save_every; a folder appears only when complete."""
@@ -334,11 +242,8 @@ def _checkpoint_callback(work_dir: Path, params: AlignParams, tokenizer, run_par
 def _prepare_work_dir(work_dir: Path, params: AlignParams, stamp: dict) -> None:
     """Drop what a resume cannot use: ``ckpt<k>`` folders made with other parameters, and
     Trainer checkpoints past a ``ckpt<k>`` that is missing (it would never be re-made)."""
-    from . import engine as eng
-    from .io import read_json
-
     stamp_file = work_dir / eng.PARAMS_FILE
-    if stamp_file.exists() and read_json(stamp_file) != eng._jsonable(stamp):
+    if stamp_file.exists() and read_json(stamp_file) != eng.jsonable(stamp):
         for p in _ckpt_dirs(work_dir):
             shutil.rmtree(p)
         return  # run_trainer drops the Trainer checkpoints too
@@ -354,17 +259,18 @@ def _prepare_work_dir(work_dir: Path, params: AlignParams, stamp: dict) -> None:
 
 
 def _log_curve(trainer) -> list[dict]:
-    """Every logged training step: ``step``, ``loss`` and the alignment metrics."""
-    skip = {"epoch", "grad_norm", "learning_rate"}
-    return [{k: (int(v) if k == "step" else float(v)) for k, v in e.items() if k not in skip}
-            for e in trainer.state.log_history if "loss" in e and "step" in e]
+    """Every optimizer step: ``step``, ``loss`` and the alignment metrics (each the mean over
+    the step's micro-batches and processes; complete after a resume)."""
+    return [{("loss" if k == "step_loss" else k): (int(v) if k == "step" else float(v))
+             for k, v in e.items()} for e in step_records(trainer)]
 
 
 # ------------------------------------------------------------------------------ the run
 
 
 def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: AlignParams,
-                engine: EngineParams, ref_cache=None, reference=None, callbacks=None) -> dict:
+                engine: EngineParams, ref_cache=None, reference=None, callbacks=None,
+                ref_code: str | None = None) -> dict:
     """Align ``policy_init`` on ``train_file``; write ``ckpt1..ckptn`` and ``train_metrics.json``
     into ``out_dir``.
 
@@ -372,27 +278,27 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
     the data and settings) or, when it is None, from the model ``reference`` (default: the
     policy's initialisation, i.e. the SFT model) in every step. Trainer checkpoints and the
     ``ckpt<k>`` folders live in ``work_dir`` until the end (resumed from if present); TensorBoard
-    logs go to ``log_dir``. ``callbacks``: extra ``TrainerCallback``s. Returns the metrics also
+    logs go to ``log_dir``. ``callbacks``: extra ``TrainerCallback``s. ``ref_code``: the code
+    hash the cache must have been made with (the workflow's precompute_ref code; None: not
+    checked). Returns the metrics also
     written to ``<out_dir>/train_metrics.json``.
     """
     from transformers import set_seed
 
-    from . import engine as eng
-    from .io import read_records, write_json
-    from .modeling import load_causal_lm, load_tokenizer
-    from .refcache import load_ref_cache
-
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     eng.setup_threads(engine)
     set_seed(engine.seed)
-    records = read_records(train_file)
-    k = check_num_candidates(records, params.num_contrastive, str(train_file))
+    numbered = read_numbered(train_file)
+    records = [r for _, r in numbered]
+    k = check_num_candidates(records, params.num_contrastive, str(train_file),
+                             lines=[n for n, _ in numbered])
     reference = str(reference or policy_init)
     ref_logps = None
     if ref_cache is not None:
         ref_logps = load_ref_cache(ref_cache, data_file=train_file, reference=reference,
                                    temp=params.temp, max_len=params.max_len,
-                                   max_gen_len=params.max_gen_len)
+                                   max_gen_len=params.max_gen_len, code=ref_code,
+                                   dtype=reference_dtype(engine))
 
     args = eng.make_training_args(params, engine, work_dir, log_dir)
     tok = load_tokenizer(policy_init, padding_side="right")
@@ -412,20 +318,22 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
     trainer = _trainer_class()(
         model=model, args=args, data_collator=AlignCollator(tok.pad_token_id), train_dataset=train,
         processing_class=tok, align_params=params, ref_model=ref_model,
+        run_name=f"train_align {out_dir.name}",
         group_lengths=([max(len(ids) for ids in f["input_ids"]) for f in train]
                        if params.group_by_length else None),
         callbacks=[saver, *(callbacks or [])])
     saver.trainer = trainer
     eng.attach_tensorboard(trainer, log_dir)
     if trainer.accelerator.is_main_process:
+        eng.empty_dir(out_dir, keep=(work_dir, log_dir))
         work_dir.mkdir(parents=True, exist_ok=True)
         _prepare_work_dir(work_dir, params, run)
     trainer.accelerator.wait_for_everyone()
-    out = eng.run_trainer(trainer, work_dir, run)
+    eng.run_trainer(trainer, work_dir, run)
 
     metrics = {
         "loss_curve": _log_curve(trainer),
-        "train_loss": float(out.training_loss),
+        "train_loss": eng.mean_train_loss(trainer),
         "global_step": int(trainer.state.global_step),
         "resumed_from": trainer.resumed_from,
         "run": eng.run_info(trainer),
@@ -438,7 +346,7 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
         missing = [j for j in range(1, params.num_checkpoints + 1)
                    if not (work_dir / f"ckpt{j}" / "config.json").exists()]
         if missing:
-            raise RuntimeError(f"{work_dir}: checkpoints {missing} were not written; delete the "
+            raise ExoflowError(f"{work_dir}: checkpoints {missing} were not written; delete the "
                                "folder and run again")
         out_dir.mkdir(parents=True, exist_ok=True)
         for j in range(1, params.num_checkpoints + 1):

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlparse
 
-from . import hh
+from . import hh, synthetic
+from .errors import ExoflowError
 from .io import RecordError, find_split_file, iter_records
 
 HUB_DATASET = "Anthropic/hh-rlhf"
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(ExoflowError, RuntimeError):
     """The configured source cannot be read; the message says what to change."""
 
 
@@ -81,8 +82,6 @@ def iter_local(path: str, split: str, on_bad_row: str) -> Iterator[tuple[str, ob
 
 
 def iter_synthetic(n: int, seed: int, split: str, label_noise: float) -> Iterator[tuple[str, object]]:
-    from . import synthetic
-
     for i, rec in enumerate(synthetic.generate_raw_pairs(n, seed=seed, split=split,
                                                          label_noise=label_noise), start=1):
         yield f"synthetic/{split}:{i}", rec

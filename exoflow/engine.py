@@ -24,22 +24,20 @@ import json
 import os
 import re
 import shutil
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ExoflowError, NonFiniteError, ParamsError  # noqa: F401 (re-exported)
 from .io import read_json, write_json
+from .modeling import check_finite_weights
 
 PARAMS_FILE = "exoflow_params.json"  # the resolved parameters, next to a model or in a work dir
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _DTYPES = ("fp32", "bf16", "fp16")
 
 
-class ParamsError(ValueError):
-    """A parameter section is malformed; the message says which key and what to set."""
-
-
-class _FromDict:
+class FromDict:
     """``from_dict`` for config dataclasses: unknown keys are refused, missing ones named."""
 
     @classmethod
@@ -61,32 +59,19 @@ class _FromDict:
         return asdict(self)
 
 
-def _doc(text: str, default=MISSING):
-    if default is MISSING:
-        return field(metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
-class EngineParams(_FromDict):
-    """How a training job runs: config ``engine`` plus the run's ``dtype`` and ``seed``."""
+class EngineParams(FromDict):
+    """How a training job runs: config ``engine`` plus ``model.dtype`` and ``seed``. Every key
+    is described in ``schemas/config.schema.yaml`` (tests/test_schema.py keeps them equal)."""
 
-    deepspeed: str | None = _doc(
-        "Path of a DeepSpeed ZeRO config (stage 1 or 2; 'auto' values are filled by the "
-        "Trainer), or null for plain PyTorch (DDP when launched on several processes).", None)
-    gpus: int = _doc(
-        "GPUs per job. 0 trains on the CPU (fp32) even if a GPU is visible; the number of "
-        "processes is whatever launched the job (WORLD_SIZE), the workflow rule picks the "
-        "launcher from this.", 0)
-    gradient_checkpointing: bool = _doc(
-        "Recompute activations in the backward pass (less memory, ~20% slower).", False)
-    num_threads: int | None = _doc(
-        "torch.set_num_threads for this job; null leaves torch's default (all cores).", None)
-    logging_steps: int = _doc("Optimizer steps between logged train losses.", 10)
-    checkpoint_every: int = _doc(
-        "Optimizer steps between Trainer checkpoints in the work folder (for resuming).", 200)
-    dtype: str = _doc("bf16 | fp16 | fp32: mixed precision on GPU; always fp32 on the CPU.", "fp32")
-    seed: int = _doc("Seeds model head init, data order and dropout.", 42)
+    deepspeed: str | None = None
+    gpus: int = 0
+    gradient_checkpointing: bool = False
+    num_threads: int | None = None
+    logging_steps: int = 10
+    checkpoint_every: int = 200
+    dtype: str = "fp32"
+    seed: int = 42
 
     def __post_init__(self):
         if self.dtype not in _DTYPES:
@@ -119,28 +104,38 @@ def zero_stage(ds_config: str) -> int:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
-@dataclass
-class StageParams(_FromDict):
-    """Optimisation and sequence lengths of one training stage (config ``sft`` or ``rm``)."""
+def check_optimizer(params, section: str) -> None:
+    """The AdamW keys every training section shares (sft, rm, align): betas in [0, 1),
+    weight decay and clipping norm >= 0."""
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(params, name) < 1:
+            raise ParamsError(f"{section}.{name} must be in [0, 1), got {getattr(params, name)}")
+    for name in ("weight_decay", "max_grad_norm"):
+        if not getattr(params, name) >= 0:
+            raise ParamsError(f"{section}.{name} must be >= 0, got {getattr(params, name)}")
 
-    lr: float = _doc("Peak learning rate (AdamW).")
-    epochs: float = _doc("Passes over the training set (ignored when max_steps is set).")
-    batch_size: int = _doc("Examples per optimizer step, across all processes and accumulation.")
-    micro_batch_size: int = _doc("Examples per process per forward pass.")
-    warmup_ratio: float = _doc("Fraction of the steps with a linear warmup from 0.", 0.0)
-    max_len: int = _doc("Prompt + response tokens; the prompt is left-truncated to fit.", 512)
-    max_gen_len: int = _doc("Response tokens kept (right-truncated).", 200)
-    max_steps: int | None = _doc("Stop after this many optimizer steps (null: run the epochs).", None)
+
+@dataclass
+class StageParams(FromDict):
+    """Optimisation and sequence lengths of one training stage (config ``sft`` or ``rm``), each
+    key described in ``schemas/config.schema.yaml`` (definitions.train_stage)."""
+
+    lr: float
+    epochs: float
+    batch_size: int
+    micro_batch_size: int
+    warmup_ratio: float = 0.0
+    max_len: int = 512
+    max_gen_len: int = 200
+    max_steps: int | None = None
     # The paper's optimiser (exact-optimization src/*_stage/train.py): AdamW, betas (0.9, 0.95),
     # no weight decay, cosine schedule, gradient clipping 1.0 (its DeepSpeed config).
-    adam_beta1: float = _doc("AdamW beta1.", 0.9)
-    adam_beta2: float = _doc("AdamW beta2.", 0.95)
-    weight_decay: float = _doc("AdamW weight decay.", 0.0)
-    lr_scheduler: str = _doc("transformers scheduler name (cosine, linear, constant, ...).", "cosine")
-    max_grad_norm: float = _doc("Gradient clipping norm.", 1.0)
-    group_by_length: bool = _doc(
-        "Batches of examples of similar length (engine.length_grouped_sampler, seeded), which "
-        "pads less than uniformly random batches (false).", True)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
 
     def __post_init__(self):
         name = type(self).__name__
@@ -164,6 +159,7 @@ class StageParams(_FromDict):
             raise ParamsError(f"{name}.epochs must be > 0 (or set max_steps)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ParamsError(f"{name}.max_steps must be null or >= 1, got {self.max_steps}")
+        check_optimizer(self, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +187,19 @@ def on_cpu(engine: EngineParams) -> bool:
     import torch
 
     return engine.gpus == 0 or not torch.cuda.is_available()
+
+
+def reference_precision(engine: EngineParams) -> tuple[str, str | None]:
+    """``(weights dtype, autocast dtype or None)`` that run the reference as training runs the
+    policy, so that log π_θ − log π_ref starts at 0 rather than at the rounding difference of
+    two precisions: fp32 on the CPU or with dtype fp32; the dtype's weights under DeepSpeed (it
+    converts the model, no autocast); fp32 weights under autocast otherwise (the Trainer's amp).
+    """
+    if on_cpu(engine) or engine.dtype == "fp32":
+        return "fp32", None
+    if engine.deepspeed:
+        return engine.dtype, None
+    return "fp32", engine.dtype
 
 
 def setup_threads(engine: EngineParams) -> None:
@@ -270,6 +279,8 @@ def make_training_args(params, engine: EngineParams, work_dir, log_dir=None, n_p
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
         skip_memory_metrics=True,
+        # A NaN loss must stop the run (ExoTrainer), never be logged as the previous average.
+        logging_nan_inf_filter=False,
     )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
@@ -282,11 +293,55 @@ def trainer_class():
 
     class ExoTrainer(Trainer):
         """``group_lengths``: one length per training example; when given, batches are drawn by
-        :func:`length_grouped_sampler` (examples of similar length together, seeded order)."""
+        :func:`length_grouped_sampler` (examples of similar length together, seeded order).
 
-        def __init__(self, *args, group_lengths=None, **kwargs):
+        Every optimizer step's loss (and the metrics a subclass adds with :meth:`add_step_metric`),
+        averaged over processes, is kept in ``state.log_history`` as ``{"step", "step_loss",
+        ...}``: it is saved with each Trainer checkpoint and restored on resume, so
+        :func:`step_records` covers every step of a resumed run exactly as of an uninterrupted one.
+
+        A micro-batch loss or a gradient norm that is not finite stops the run with a
+        :class:`~exoflow.errors.NonFiniteError` naming the step and ``run_name`` before the
+        optimizer applies it (with fp16 loss scaling an infinite gradient norm is the scaler's
+        business: that step is skipped, not refused).
+        """
+
+        def __init__(self, *args, group_lengths=None, run_name: str = "training", **kwargs):
             super().__init__(*args, **kwargs)
             self.group_lengths = group_lengths
+            self.run_name = run_name
+            self._step_sums: dict = {}
+            self.add_callback(_StepRecorder(self))
+
+        def _non_finite(self, what: str, value) -> None:
+            raise NonFiniteError(
+                f"{self.run_name}: {what} is {value} at optimizer step {self.state.global_step + 1}"
+                "; check the training data for NaN/inf or extreme values and lower the lr "
+                "(no checkpoint of this step was written)")
+
+        def add_step_metric(self, name: str, value) -> None:
+            """Add a micro-batch's ``value`` (a 0-d tensor) to this step's ``name``."""
+            v = value.detach().float()
+            self._step_sums[name] = self._step_sums[name] + v if name in self._step_sums else v
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            import torch
+
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not bool(torch.isfinite(loss).all()):
+                self._non_finite("the training loss", float(loss))
+            self.add_step_metric("step_loss", loss)
+            return loss
+
+        def _get_grad_norm(self, model, grad_norm=None):
+            import math
+
+            norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+            if norm is not None and not self.args.fp16:
+                value = float(norm)
+                if not math.isfinite(value):
+                    self._non_finite("the gradient norm", value)
+            return norm
 
         def _get_train_sampler(self, train_dataset=None):
             if self.group_lengths is None or (train_dataset is not None
@@ -305,6 +360,37 @@ def trainer_class():
             reload_weights(model if model is not None else self.model, resume_from_checkpoint)
 
     return ExoTrainer
+
+
+def _StepRecorder(trainer):
+    """The callback behind ``ExoTrainer``'s per-step records (see its docstring)."""
+    from transformers import TrainerCallback
+
+    class StepRecorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            import torch
+
+            sums, trainer._step_sums = trainer._step_sums, {}
+            if not sums:
+                return
+            names = sorted(sums)
+            t = torch.stack([sums[k].to(args.device) for k in names])
+            if args.world_size > 1:
+                t = trainer.accelerator.reduce(t, reduction="mean")
+            rec = {k: float(v) for k, v in zip(names, t.tolist())}
+            state.log_history.append({"step": int(state.global_step), **rec})
+
+    return StepRecorder()
+
+
+def step_records(trainer) -> list[dict]:
+    """One ``{"step", "step_loss", ...}`` per optimizer step, in step order (a resumed run's
+    records before its checkpoint come from the checkpoint's saved state)."""
+    recs = {}
+    for e in trainer.state.log_history:
+        if "step_loss" in e and "step" in e:
+            recs[int(e["step"])] = e  # a step redone after a resume replaces its record
+    return [recs[s] for s in sorted(recs)]
 
 
 def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
@@ -370,6 +456,25 @@ def last_checkpoint(work_dir) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+def empty_dir(folder, keep=()) -> None:
+    """Empty ``folder`` (if it exists): a training job starts from an empty output
+    folder, so that nothing an earlier config wrote there (a ``ckpt3/`` of a run that now has
+    two checkpoints) survives beside the new outputs. ``keep``: paths never to delete (the
+    work and log folders, should they lie inside)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    kept = {Path(k).resolve() for k in keep}
+    for p in folder.iterdir():
+        r = p.resolve()
+        if r in kept or any(r in k.parents for k in kept):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def remove_checkpoints(work_dir) -> None:
     work_dir = Path(work_dir)
     if work_dir.is_dir():
@@ -378,7 +483,7 @@ def remove_checkpoints(work_dir) -> None:
                 shutil.rmtree(p)
 
 
-def _jsonable(obj):
+def jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
@@ -393,7 +498,7 @@ def run_trainer(trainer, work_dir, params: dict | None = None):
     stamp = work_dir / PARAMS_FILE
     acc = trainer.accelerator
     if params is not None and acc.is_main_process:
-        params = _jsonable(params)
+        params = jsonable(params)
         if stamp.exists() and read_json(stamp) != params:
             if last_checkpoint(work_dir):
                 print(f"[exoflow] {work_dir}: checkpoints were made with other parameters; "
@@ -422,10 +527,21 @@ def run_info(trainer) -> dict:
     }
 
 
-def loss_curve(trainer, key: str = "loss") -> list[dict]:
-    """``[{step, loss}]`` from the Trainer's log history (restored on resume, so complete)."""
-    return [{"step": int(e["step"]), "loss": float(e[key])}
-            for e in trainer.state.log_history if key in e and "step" in e]
+def loss_curve(trainer) -> list[dict]:
+    """``[{step, loss}]``: every optimizer step's loss (mean over its micro-batches and
+    processes), the same after a resume as without one."""
+    return [{"step": int(e["step"]), "loss": float(e["step_loss"])} for e in step_records(trainer)]
+
+
+def mean_train_loss(trainer) -> float:
+    """The mean of every step's loss: the Trainer's ``training_loss`` of an uninterrupted run,
+    over the whole run also after a resume (the Trainer's covers only the steps since)."""
+    recs = step_records(trainer)
+    if len(recs) != trainer.state.global_step:
+        raise ExoflowError(f"{trainer.run_name}: {len(recs)} step records for "
+                           f"{trainer.state.global_step} steps; the resumed checkpoint predates "
+                           "per-step records: delete the work folder and run again")
+    return sum(float(e["step_loss"]) for e in recs) / max(len(recs), 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,19 +558,31 @@ def save_final(trainer, tokenizer, out_dir, params: dict) -> None:
     state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     if acc.is_main_process:
         out_dir = Path(out_dir)
+        check_finite_weights(model if state_dict is None else _StateDict(state_dict),
+                             f"{getattr(trainer, 'run_name', 'training')} (not saved to {out_dir})")
         out_dir.mkdir(parents=True, exist_ok=True)
         model.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
         model.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
-        write_json(out_dir / PARAMS_FILE, _jsonable(params))
+        write_json(out_dir / PARAMS_FILE, jsonable(params))
     acc.wait_for_everyone()
+
+
+class _StateDict:
+    """A state dict seen as a module by :func:`~exoflow.modeling.check_finite_weights`."""
+
+    def __init__(self, sd):
+        self._sd = sd
+
+    def state_dict(self):
+        return self._sd
 
 
 def train_metrics(trainer, out, num_train: int) -> dict:
     """The metrics every stage reports about its training run (``out``: ``run_trainer``'s)."""
     return {
         "train_loss_curve": loss_curve(trainer),
-        "train_loss": float(out.training_loss),
+        "train_loss": mean_train_loss(trainer),
         "global_step": int(trainer.state.global_step),
         "resumed_from": trainer.resumed_from,
         "run": run_info(trainer),

@@ -12,7 +12,7 @@ same seed for every checkpoint, see ``exoflow.sampling``):
   their scores (so the SFT model against itself is exactly 0.5, even where batching
   moves a reward in its last bits).
 * **KL(pi || pi_SFT)**: the mean over the checkpoint's own samples of
-  ``log pi(y|x) - log pi_SFT(y|x)`` (``sampling.completion_logps`` at temperature 1, EOS
+  ``log pi(y|x) - log pi_SFT(y|x)`` (``logps.text_logps`` at temperature 1, EOS
   appended, the whole re-tokenised completion; the prompt keeps the ``eval.max_len``
   tokens it had when sampling). A checkpoint folder equal to the SFT folder gets exactly 0
   without a forward pass. The samples are drawn at ``eval.temperature`` (0.8), so this is
@@ -63,21 +63,26 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .rewards import summarize_rewards
+from .errors import ParamsError, check_finite
+from .io import RecordError, iter_records, read_numbered, write_json, write_records
+from .logps import text_logps
+from .modeling import load_causal_lm, load_tokenizer
+from .rewards import load_scorer, score_texts, summarize_rewards
+from .synthetic import gold_rewards
 
 
 @dataclass
 class EvalParams:
     """Sizes of the scoring and log-prob passes (``eval`` section plus the RM's layout)."""
 
-    max_len: int = field(default=512, metadata={"help": "prompt tokens kept when sampling"})
-    score_batch_size: int = field(default=32, metadata={"help": "sequences per forward"})
-    rm_max_len: int = field(default=512, metadata={"help": "RM: prompt + response tokens"})
-    rm_max_gen_len: int = field(default=200, metadata={"help": "RM: response tokens kept"})
+    max_len: int = 512
+    score_batch_size: int = 32
+    rm_max_len: int = 512
+    rm_max_gen_len: int = 200
 
     # Keys of the eval section that belong to sampling or to the workflow.
     TOLERATED = frozenset({"num_return", "temperature", "top_k", "max_new_tokens", "batch_size",
@@ -98,12 +103,12 @@ class EvalParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names - cls.TOLERATED)
         if unknown:
-            raise ValueError(f"unknown eval parameter(s) {unknown}; valid: {sorted(names)} "
+            raise ParamsError(f"unknown eval parameter(s) {unknown}; valid: {sorted(names)} "
                              f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
         p = cls(**{k: v for k, v in d.items() if k in names})
         for name in names:
             if int(getattr(p, name)) < 1:
-                raise ValueError(f"eval {name} must be >= 1, got {getattr(p, name)}")
+                raise ParamsError(f"eval {name} must be >= 1, got {getattr(p, name)}")
         return p
 
 
@@ -111,10 +116,10 @@ class EvalParams:
 
 def _check_shapes(a: list[list], b: list[list], what: str) -> None:
     if len(a) != len(b):
-        raise ValueError(f"{what}: {len(a)} prompts vs {len(b)}")
+        raise RecordError(f"{what}: {len(a)} prompts vs {len(b)}")
     for i, (x, y) in enumerate(zip(a, b)):
         if len(x) != len(y):
-            raise ValueError(f"{what}: prompt {i} has {len(x)} samples vs {len(y)}")
+            raise RecordError(f"{what}: prompt {i} has {len(x)} samples vs {len(y)}")
 
 
 def pair_wins(rewards: list[list[float]], sft_rewards: list[list[float]],
@@ -128,6 +133,8 @@ def pair_wins(rewards: list[list[float]], sft_rewards: list[list[float]],
     [[1.0, 0.0], [0.5, 0.0]]
     """
     _check_shapes(rewards, sft_rewards, "win rate")
+    check_finite(rewards, "win rate: rewards")
+    check_finite(sft_rewards, "win rate: SFT rewards")
     same = None
     if texts is not None and sft_texts is not None:
         _check_shapes(texts, sft_texts, "win rate texts")
@@ -154,13 +161,15 @@ def win_rate(rewards: list[list[float]], sft_rewards: list[list[float]],
     """
     flat = [w for row in pair_wins(rewards, sft_rewards, texts, sft_texts) for w in row]
     if not flat:
-        raise ValueError("win rate: no samples")
+        raise RecordError("win rate: no samples")
     return statistics.fmean(flat)
 
 
 def kl_terms(logps: list[list[float]], sft_logps: list[list[float]]) -> list[list[float]]:
     """``log pi(y|x) - log pi_SFT(y|x)`` per sample (``y`` drawn from pi)."""
     _check_shapes(logps, sft_logps, "KL")
+    check_finite(logps, "KL: log-probs")
+    check_finite(sft_logps, "KL: SFT log-probs")
     return [[a - b for a, b in zip(x, y)] for x, y in zip(logps, sft_logps)]
 
 
@@ -172,7 +181,7 @@ def kl_estimate(logps: list[list[float]], sft_logps: list[list[float]]) -> float
     """
     flat = [t for row in kl_terms(logps, sft_logps) for t in row]
     if not flat:
-        raise ValueError("KL: no samples")
+        raise RecordError("KL: no samples")
     return statistics.fmean(flat)
 
 
@@ -191,7 +200,7 @@ def _reshape(flat: list, like: list[list]) -> list[list]:
 def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int) -> dict:
     """``reward.json`` from the per-prompt records of ``rewards.jsonl`` (see the module)."""
     if not records:
-        raise ValueError("no records to summarize")
+        raise RecordError("no records to summarize")
     rewards = [r["rewards"] for r in records]
     sft_rewards = [r["sft_rewards"] for r in records]
     wins = _flat([r["wins"] for r in records])
@@ -232,13 +241,10 @@ def _same_folder(a, b) -> bool:
 def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device,
               max_gen_len: int):
     """Summed log-probs (EOS appended) of whole completions; prompts cut as when sampling."""
-    from .modeling import load_causal_lm, load_tokenizer
-    from .sampling import completion_logps
-
     tok = load_tokenizer(str(model_dir), padding_side="right")
     model = load_causal_lm(str(model_dir), dtype=dtype).to(_device(device)).eval()
     t0 = time.perf_counter()
-    out = completion_logps(model, tok, prompts, completions,
+    out = text_logps(model, tok, prompts, completions,
                            max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
                            batch_size=params.score_batch_size, temperature=1.0)
     print(f"log-probs of {sum(map(len, completions))} samples under {model_dir} "
@@ -248,8 +254,6 @@ def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device
 
 
 def _rm_scores(model, tok, prompts, completions, params: EvalParams) -> list[list[float]]:
-    from .rewards import score_texts
-
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
     values = score_texts(model, tok, flat_p, _flat(completions), params.score_batch_size,
                          params.rm_max_len, params.rm_max_gen_len, progress=False)
@@ -257,8 +261,6 @@ def _rm_scores(model, tok, prompts, completions, params: EvalParams) -> list[lis
 
 
 def _gold(prompts, completions) -> list[list[float]]:
-    from .synthetic import gold_rewards
-
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
     return _reshape(gold_rewards(flat_p, _flat(completions)), completions)
 
@@ -268,16 +270,16 @@ def _token_lengths(tok, completions) -> list[list[int]]:
 
 
 def _read_samples(path) -> tuple[list[str], list[list[str]]]:
-    from .io import read_records
-
-    recs = read_records(path)
-    for n, r in enumerate(recs, start=1):
+    numbered = read_numbered(path)
+    for line, r in numbered:
         if not (isinstance(r, dict) and isinstance(r.get("prompt"), str)
-                and isinstance(r.get("completions"), list)):
-            raise ValueError(f"{path}: record {n} is not {{prompt, completions}}")
-    if not recs:
-        raise ValueError(f"{path}: no records")
-    return [r["prompt"] for r in recs], [list(r["completions"]) for r in recs]
+                and isinstance(r.get("completions"), list)
+                and all(isinstance(c, str) for c in r["completions"])):
+            raise RecordError(f"{path}:{line}: not a {{prompt, completions}} record; delete it "
+                              "and run snakemake again to re-make it")
+    if not numbered:
+        raise RecordError(f"{path}: no records")
+    return [r["prompt"] for _, r in numbered], [list(r["completions"]) for _, r in numbered]
 
 
 def evaluate_samples(prompts: list[str], completions: list[list[str]],
@@ -285,9 +287,6 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
                      params: EvalParams, gold: bool, dtype: str | None = None,
                      device: str | None = None) -> list[dict]:
     """The per-prompt records of ``rewards.jsonl`` (one model in memory at a time)."""
-    from .modeling import load_tokenizer
-    from .rewards import load_scorer
-
     _check_shapes(completions, sft_completions, "checkpoint vs SFT samples")
     lengths = _token_lengths(load_tokenizer(str(sft_dir)), completions)
     # Whole completions: a decoded sample can re-encode to more tokens than were generated,
@@ -332,12 +331,10 @@ def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
     ``sft_samples_file`` must hold the same prompts, in the same order, with as many
     samples each (the SFT model's samples: the win-rate baseline).
     """
-    from .io import write_json, write_records
-
     prompts, completions = _read_samples(samples_file)
     sft_prompts, sft_completions = _read_samples(sft_samples_file)
     if sft_prompts != prompts:
-        raise ValueError(f"{samples_file} and {sft_samples_file} do not hold the same prompts "
+        raise RecordError(f"{samples_file} and {sft_samples_file} do not hold the same prompts "
                          f"in the same order ({len(prompts)} vs {len(sft_prompts)} records)")
     records = evaluate_samples(prompts, completions, sft_completions, rm_dir=rm_dir,
                                sft_dir=sft_dir, policy_dir=policy_dir, params=params, gold=gold,
@@ -357,19 +354,16 @@ def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: 
     Uses the first ``num_prompts`` records of ``pref_file`` (``{prompt, chosen, rejected}``),
     the prompts the checkpoints are evaluated on.
     """
-    from .io import iter_records, write_json, write_records
-    from .rewards import load_scorer
-
     recs = []
     for line, r in iter_records(pref_file):
         if num_prompts is not None and len(recs) >= num_prompts:
             break
         if not (isinstance(r, dict) and all(isinstance(r.get(k), str)
                                             for k in ("prompt", "chosen", "rejected"))):
-            raise ValueError(f"{pref_file}:{line}: record is not {{prompt, chosen, rejected}}")
+            raise RecordError(f"{pref_file}:{line}: record is not {{prompt, chosen, rejected}}")
         recs.append(r)
     if not recs:
-        raise ValueError(f"{pref_file}: no records")
+        raise RecordError(f"{pref_file}: no records")
     prompts = [r["prompt"] for r in recs]
     pairs = [[r["chosen"], r["rejected"]] for r in recs]
     rm, tok = load_scorer(rm_dir, dtype, _device(device))

@@ -178,9 +178,10 @@ def run(n: int, cmd: list[str], lockdir: Path | None = None, poll: float = 1.0,
         raise SystemExit(f"exoflow.gpus run: cannot run {cmd[0]!r}: {e.strerror}") from None
 
 
-def prefix(n: int) -> str:
-    """The shell prefix that runs a rule's command on ``n`` GPUs of its own ('' when n is 0)."""
-    return f"python -m exoflow.gpus run --n {int(n)} -- " if int(n) > 0 else ""
+def prefix(n: int, python: str = "python") -> str:
+    """The shell prefix that runs a rule's command on ``n`` GPUs of its own ('' when n is 0);
+    ``python``: the shell word that runs Python (the workflow passes its interpreter)."""
+    return f"{python} -m exoflow.gpus run --n {int(n)} -- " if int(n or 0) > 0 else ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,12 @@
 Records are JSON objects, one per line (JSON Lines, UTF-8). Readers also accept
 ``.jsonl.gz`` and the original EXO scripts' ``.json`` files holding one JSON array of
 the same records, so existing data can be brought in. Writers are atomic: a crash
-never leaves a half-written file under the final name.
+never leaves a half-written file under the final name, and the file gets the permissions the
+umask gives (``mkstemp`` alone would make it private).
+
+Numbers must be finite: ``NaN`` and ``Infinity`` (which Python's ``json`` reads and writes by
+default, though they are not JSON) are refused when read, naming ``file:line``, and refused when
+written, naming the file and the record.
 """
 
 from __future__ import annotations
@@ -15,9 +20,52 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .errors import ExoflowError, NonFiniteError
 
-class RecordError(ValueError):
+# What to do about a broken file the workflow made (the hint of a reader's error).
+REMAKE = "delete it and run snakemake again to re-make it"
+
+
+class RecordError(ExoflowError, ValueError):
     """A record file is malformed; the message names the file and line."""
+
+
+class _NotFinite(ValueError):
+    def __init__(self, token: str):
+        super().__init__(f"{token} is not a finite number")
+        self.token = token
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise _NotFinite(text)
+    return x
+
+
+def _no_constant(name: str):
+    raise _NotFinite(name)
+
+
+def _line_of(text: str, e: ValueError) -> int:
+    """The 1-based line of the token a :class:`_NotFinite` names (1 when not found)."""
+    at = text.find(e.token) if isinstance(e, _NotFinite) else -1
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` refusing NaN, Infinity and numbers too large for a float (ValueError)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    """``json.dumps`` refusing NaN and infinities (ValueError), so that no file holds them."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def _decode_error(path, lineno: int, e: ValueError, hint: str) -> RecordError:
+    what = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+    return RecordError(f"{path}:{lineno}: not valid JSON ({what}); {hint}")
 
 
 def _open_text(path: Path):
@@ -26,12 +74,14 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def iter_records(path: str | os.PathLike, on_error: str = "error") -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, record)`` from a ``.jsonl[.gz]`` or ``.json`` file.
+def iter_records(path: str | os.PathLike, on_error: str = "error",
+                 hint: str = REMAKE) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, record)`` from a ``.jsonl[.gz]`` or ``.json`` file (1-based).
 
     ``on_error="error"`` raises :class:`RecordError` naming ``path:line`` for a line that is
-    not JSON; ``on_error="skip"`` yields ``(line_number, RecordError)`` for it instead, so the
-    caller can count it. For a ``.json`` array the "line" is the 1-based index in the array.
+    not JSON (or holds NaN / Infinity); ``on_error="skip"`` yields ``(line_number,
+    RecordError)`` for it instead, so the caller can count it. For a ``.json`` array the
+    "line" is the 1-based index in the array. ``hint`` (what to do) ends the message.
     """
     path = Path(path)
     if not path.exists():
@@ -39,10 +89,13 @@ def iter_records(path: str | os.PathLike, on_error: str = "error") -> Iterator[t
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     with _open_text(path) as f:
         if name.endswith(".json"):
+            text = f.read()
             try:
-                data = json.load(f)
+                data = loads(text)
             except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+                raise _decode_error(path, e.lineno, e, hint) from None
+            except ValueError as e:
+                raise _decode_error(path, _line_of(text, e), e, hint) from None
             if not isinstance(data, list):
                 raise RecordError(f"{path}: expected a JSON array of records")
             yield from enumerate(data, start=1)
@@ -51,18 +104,25 @@ def iter_records(path: str | os.PathLike, on_error: str = "error") -> Iterator[t
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                err = RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})")
+                rec = loads(line)
+            except ValueError as e:
+                err = _decode_error(path, lineno, e, hint)
                 if on_error == "skip":
                     yield lineno, err
                 else:
                     raise err from None
+            else:
+                yield lineno, rec
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
+def read_records(path: str | os.PathLike, hint: str = REMAKE) -> list[dict]:
     """All records of a file (see :func:`iter_records`); any bad line is an error."""
-    return [rec for _, rec in iter_records(path)]
+    return [rec for _, rec in iter_records(path, hint=hint)]
+
+
+def read_numbered(path: str | os.PathLike, hint: str = REMAKE) -> list[tuple[int, dict]]:
+    """``[(line, record)]`` of a file, so that a later check can name the line."""
+    return list(iter_records(path, hint=hint))
 
 
 def find_split_file(folder: str | os.PathLike, split: str) -> Path:
@@ -77,11 +137,23 @@ def find_split_file(folder: str | os.PathLike, split: str) -> Path:
     )
 
 
-def _atomic_write(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write, mode: str = "w") -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``: a
+    crash leaves the old file or none, never half of one. The file gets ``0o666 & ~umask``
+    (``mkstemp`` makes it ``0o600``, unreadable by colleagues on a shared cluster)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o666 & ~_umask())
+        kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **kwargs) as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
@@ -97,19 +169,36 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
     def write(f):
         nonlocal n
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False))
+            try:
+                f.write(dumps(rec, ensure_ascii=False))
+            except ValueError as e:
+                raise NonFiniteError(f"{path}: record {n + 1} holds a NaN or infinite number "
+                                     f"({e}); nothing was written") from None
             f.write("\n")
             n += 1
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
     return n
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write one JSON document (indented, sorted keys), atomically."""
-    _atomic_write(Path(path), lambda f: (json.dump(obj, f, indent=2, sort_keys=True), f.write("\n")))
+    """Write one JSON document (indented, sorted keys), atomically; NaN and infinities are
+    refused (:class:`~exoflow.errors.NonFiniteError` naming the file)."""
+    try:
+        text = dumps(obj, indent=2, sort_keys=True) + "\n"
+    except ValueError as e:
+        raise NonFiniteError(f"{path}: holds a NaN or infinite number ({e}); not written") from None
+    atomic_write(path, lambda f: f.write(text))
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, hint: str = REMAKE) -> Any:
+    """One JSON document; a parse error (or NaN / Infinity) is a :class:`RecordError` naming
+    ``file:line``."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return loads(text)
+    except json.JSONDecodeError as e:
+        raise _decode_error(path, e.lineno, e, hint) from None
+    except ValueError as e:
+        raise _decode_error(path, _line_of(text, e), e, hint) from None

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["model_response_logps", "response_logps"]
+from .align_data import pad_candidates
+from .batching import encode_pair, length_sorted_batches
+
+__all__ = ["model_response_logps", "response_logps", "text_logps"]
 
 # Positions processed per chunk are capped so that a chunk of fp32 logits stays under
 # about this many elements (2**26 floats = 256 MiB).
@@ -136,3 +139,49 @@ def model_response_logps(
                       device=logits.device)
     return _sum_token_logps(lambda r: logits[r], rows, targets, weights, logits.shape[-1],
                             temperature, chunk_size, out)
+
+
+def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]],
+               max_len: int, max_gen_len: int, batch_size: int, temperature: float = 1.0,
+               amp_dtype=None, progress: bool = False,
+               desc: str = "log-probs") -> list[list[float]]:
+    """Summed log-prob of each completion given its prompt, EOS included: the one function
+    behind the reference log-prob cache (:mod:`exoflow.refcache`, at the alignment τ) and the
+    KL of the evaluation (:mod:`exoflow.evaluate`, at τ = 1).
+
+    The alignment token layout (:func:`exoflow.align_data.encode_align`: response
+    right-truncated to ``max_gen_len``, prompt left-truncated to fit ``max_len``); only response
+    tokens and the EOS count, at ``log softmax(logits / temperature)``
+    (:func:`model_response_logps`). Sequences are length-sorted into right-padded batches of
+    ``batch_size``, run under ``inference_mode`` on the model's device (``amp_dtype``, e.g.
+    ``torch.bfloat16``, autocasts the forward as mixed-precision training does). The result
+    has the shape of ``completions``; the model's train/eval mode is restored.
+    """
+    from tqdm.auto import tqdm
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
+    flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
+    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True)
+             for i, c in flat]
+    values = [0.0] * len(items)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
+                                                    enabled=amp_dtype is not None):
+            for idx in tqdm(length_sorted_batches([len(x) for x in items], batch_size),
+                            desc=desc, unit="batch", disable=not progress):
+                b = {k: v.to(device) for k, v in
+                     pad_candidates([items[k] for k in idx], tokenizer.pad_token_id).items()}
+                lp = model_response_logps(model, b["input_ids"], b["attention_mask"],
+                                          b["loss_mask"], temperature)
+                for k, v in zip(idx, lp.tolist()):
+                    values[k] = float(v)
+    finally:
+        model.train(was_training)
+    out: list[list[float]] = [[] for _ in completions]
+    for (i, _), v in zip(flat, values):
+        out[i].append(v)
+    return out

@@ -17,11 +17,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .errors import ExoflowError, NonFiniteError
+
 EOS_TOKEN = "<|endoftext|>"  # Pythia's names, so scratch and real tokenizers look alike
 PAD_TOKEN = "<|padding|>"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ExoflowError, RuntimeError):
     """A model or tokenizer could not be loaded; the message says what to do."""
 
 
@@ -62,16 +64,97 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     return hf_tok
 
 
+_REMAKE = ("delete the folder and run snakemake again (the rule that writes it re-makes it; "
+           "for model.init, fetch the checkpoint again)")
+
+
+def check_safetensors(path) -> None:
+    """Refuse a ``.safetensors`` file whose header is not JSON or whose tensors run past the end
+    of the file (a copy or a save cut short), naming the file and the first tensor cut off."""
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes); {_REMAKE}")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise ModelLoadError(f"{path}: truncated safetensors file (its header says {n} "
+                                 f"bytes, the file has {size}); {_REMAKE}")
+        try:
+            import json
+
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ModelLoadError(f"{path}: corrupt safetensors header; {_REMAKE}") from None
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        end = int(info.get("data_offsets", [0, 0])[1])
+        if end > data:
+            raise ModelLoadError(f"{path}: tensor {name!r} is cut off ({end} bytes of data "
+                                 f"needed, {data} in the file): truncated; {_REMAKE}")
+
+
+def check_model_dir(folder, what: str = "model", tokenizer: bool = True,
+                    weights: bool = True) -> Path:
+    """A local ``save_pretrained`` folder must hold ``config.json``, weights (``*.safetensors``,
+    each checked by :func:`check_safetensors`, or ``*.bin``) and, with ``tokenizer``, tokenizer
+    files; otherwise :class:`ModelLoadError` naming ``what`` and the folder."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise ModelLoadError(f"{what}: {d} is not a folder")
+    missing = []
+    if weights and not (d / "config.json").is_file():
+        missing.append("config.json")
+    st = sorted(d.glob("*.safetensors"))
+    if weights and not st and not list(d.glob("*.bin")):
+        missing.append("weights (*.safetensors or *.bin)")
+    if tokenizer and not any((d / n).is_file() for n in TOKENIZER_FILES):
+        missing.append(f"a tokenizer (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise ModelLoadError(f"{what}: {d} has no {'; no '.join(missing)}; {_REMAKE}")
+    for f in st if weights else []:
+        check_safetensors(f)
+    return d
+
+
+# Files one of which a tokenizer folder holds (fast tokenizer, or the config of a slow one).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def _from_pretrained(cls, name_or_path: str, **kwargs):
+    local = Path(name_or_path).exists()
+    if local:
+        check_model_dir(name_or_path, what=cls.__name__, tokenizer=cls.__name__ == "AutoTokenizer",
+                        weights=cls.__name__ != "AutoTokenizer")
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
-    except OSError as e:  # offline hub, missing folder, missing files
-        where = "local folder" if Path(name_or_path).exists() else "Hugging Face name or local path"
+    except Exception as e:  # offline hub, missing or corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if local:
+            raise ModelLoadError(f"could not load {cls.__name__} from {name_or_path}: "
+                                 f"{type(e).__name__}: {first}; {_REMAKE}") from e
         raise ModelLoadError(
-            f"could not load {cls.__name__} from {where} {name_or_path!r}: {e}\n"
-            "If this machine has no network, give model.init as a local path of a "
-            "downloaded checkpoint, or use model.init: scratch (the tiny preset)."
+            f"could not load {cls.__name__} from the Hugging Face name or local path "
+            f"{name_or_path!r}: {first}. If this machine has no network, give model.init as a "
+            "local path of a downloaded checkpoint, or use model.init: scratch (the tiny preset)."
         ) from e
+
+
+def check_finite_weights(model, where) -> None:
+    """Refuse a model with a NaN or infinite weight, naming the first such tensor."""
+    import torch
+
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"{where}: tensor {name!r} holds NaN or infinite values; the "
+                                     "run that wrote it diverged, delete it and re-run with a "
+                                     "lower lr (or check its input data)")
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "right"):
@@ -128,7 +211,10 @@ def load_causal_lm(name_or_path: str, dtype: str | None = None, **kwargs):
     """``AutoModelForCausalLM`` from a name or folder, with a clear error when offline."""
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, str(name_or_path), **_dtype_kwargs(dtype), **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, str(name_or_path), **_dtype_kwargs(dtype),
+                             **kwargs)
+    check_finite_weights(model, name_or_path)
+    return model
 
 
 def load_reward_model(name_or_path: str, dtype: str | None = None, pad_token_id: int | None = None):
@@ -142,7 +228,9 @@ def load_reward_model(name_or_path: str, dtype: str | None = None, pad_token_id:
     kwargs = dict(num_labels=1, **_dtype_kwargs(dtype))
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
-    return _from_pretrained(AutoModelForSequenceClassification, str(name_or_path), **kwargs)
+    model = _from_pretrained(AutoModelForSequenceClassification, str(name_or_path), **kwargs)
+    check_finite_weights(model, name_or_path)
+    return model
 
 
 def _dtype_kwargs(dtype: str | None) -> dict:

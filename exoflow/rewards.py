@@ -1,32 +1,18 @@
 """Scoring (prompt, response) pairs with the reward model.
 
-One scorer, two uses:
-
-* **label**: ``label_file`` adds ``"rewards"`` (one float per completion) to sample records
-  ``{"prompt", "completions"}``: the data of the ``*-rw`` alignment runs.
-* **eval**: ``eval_file`` scores a sample file, or a preference file (``{"prompt",
-  "chosen", "rejected"}``, the dataset's own responses as a reference line), writes the
-  scored records and a ``reward.json`` summary.
+``label_file`` adds ``"rewards"`` (one float per completion) to sample records
+``{"prompt", "completions"}``: the data of the ``*-rw`` alignment runs (rule label_rewards).
+The evaluation scores the same way (:mod:`exoflow.evaluate` calls ``score_texts``).
 
 RM inputs follow ``batching.encode_pair(add_eos=False)``: no EOS, so the head (which reads
 the last non-pad token) sees the last response token. Sequences are length-sorted
 (``batching.length_sorted_batches``) and right-padded to their batch's longest.
 
-``reward.json`` for a sample file::
-
-    {"kind": "samples", "mean", "std", "count", "ci95_low", "ci95_high", "num_prompts"}
-
-over all completions (``summarize_rewards``); for a preference file::
-
-    {"kind": "pref", "chosen": {mean, std, count, ci95_low, ci95_high}, "rejected": {...},
-     "accuracy": P(r_chosen > r_rejected) (ties count 1/2), "margin": mean(r_c - r_r),
-     "num_pairs"}
-
 Example::
 
-    from exoflow.rewards import eval_file
-    eval_file("results/tiny/models/rm", "results/tiny/data/pref/test.jsonl",
-              "rewards.jsonl", "reward.json", batch_size=64, max_len=256, max_gen_len=64)
+    from exoflow.rewards import label_file
+    label_file("results/tiny/models/rm", "results/tiny/data/sft_samples/train.jsonl",
+               "rm_labels.jsonl", batch_size=64, max_len=256, max_gen_len=64)
 """
 
 from __future__ import annotations
@@ -38,6 +24,9 @@ import sys
 import torch
 
 from .batching import encode_pair, length_sorted_batches, pad_batch
+from .errors import check_finite
+from .io import RecordError, read_records, write_records
+from .modeling import load_reward_model, load_tokenizer
 
 
 def summarize_rewards(values) -> dict:
@@ -53,7 +42,8 @@ def summarize_rewards(values) -> dict:
     values = [float(v) for v in values]
     n = len(values)
     if n == 0:
-        raise ValueError("summarize_rewards: no values")
+        raise RecordError("summarize_rewards: no values")
+    check_finite(values, "summarize_rewards")
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else 0.0
     half = 1.96 * std / math.sqrt(n)
@@ -98,7 +88,6 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
 
 def load_scorer(rm_dir, dtype: str | None = None, device: str | None = None):
     """(model, tokenizer) of a reward-model folder, on CUDA when available."""
-    from .modeling import load_reward_model, load_tokenizer
 
     tok = load_tokenizer(str(rm_dir), padding_side="right")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,16 +100,16 @@ def _file_kind(records: list, in_file) -> str:
     kinds = set()
     for n, r in enumerate(records, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("prompt"), str):
-            raise ValueError(f"{in_file}: record {n} has no string 'prompt'")
+            raise RecordError(f"{in_file}: record {n} has no string 'prompt'")
         if isinstance(r.get("completions"), list):
             kinds.add("samples")
         elif isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str):
             kinds.add("pref")
         else:
-            raise ValueError(f"{in_file}: record {n} has neither a 'completions' list nor "
+            raise RecordError(f"{in_file}: record {n} has neither a 'completions' list nor "
                              "'chosen' and 'rejected' strings")
     if len(kinds) != 1:
-        raise ValueError(f"{in_file}: mixes sample and preference records" if kinds
+        raise RecordError(f"{in_file}: mixes sample and preference records" if kinds
                          else f"{in_file}: no records")
     return kinds.pop()
 
@@ -139,45 +128,9 @@ def _score_samples(model, tok, records, batch_size, max_len, max_gen_len) -> lis
 def label_file(rm_dir, in_file, out_file, batch_size: int, max_len: int, max_gen_len: int,
                dtype: str | None = None, device: str | None = None) -> int:
     """Add ``"rewards"`` to every sample record of ``in_file``; returns the record count."""
-    from .io import read_records, write_records
-
     records = read_records(in_file)
     if _file_kind(records, in_file) != "samples":
-        raise ValueError(f"{in_file}: label mode needs sample records {{prompt, completions}}")
+        raise RecordError(f"{in_file}: label mode needs sample records {{prompt, completions}}")
     model, tok = load_scorer(rm_dir, dtype, device)
     return write_records(out_file, _score_samples(model, tok, records, batch_size, max_len,
                                                   max_gen_len))
-
-
-def eval_file(rm_dir, in_file, out_file, summary_json, batch_size: int, max_len: int,
-              max_gen_len: int, dtype: str | None = None, device: str | None = None) -> dict:
-    """Score a sample or preference file; write scored records and the summary (returned).
-
-    Preference records become ``{"prompt", "completions": [chosen, rejected],
-    "rewards": [r_chosen, r_rejected]}``. See the module docstring for the summary.
-    """
-    from .io import read_records, write_json, write_records
-
-    records = read_records(in_file)
-    kind = _file_kind(records, in_file)
-    model, tok = load_scorer(rm_dir, dtype, device)
-    if kind == "pref":
-        records = [{"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]]}
-                   for r in records]
-    scored = _score_samples(model, tok, records, batch_size, max_len, max_gen_len)
-    if kind == "pref":
-        rc = [r["rewards"][0] for r in scored]
-        rr = [r["rewards"][1] for r in scored]
-        wins = sum(1.0 if c > j else 0.5 if c == j else 0.0 for c, j in zip(rc, rr))
-        summary = {"kind": "pref", "chosen": summarize_rewards(rc),
-                   "rejected": summarize_rewards(rr), "accuracy": wins / len(rc),
-                   "margin": statistics.fmean(c - j for c, j in zip(rc, rr)),
-                   "num_pairs": len(rc)}
-    else:
-        values = [v for r in scored for v in r["rewards"]]
-        if not values:
-            raise ValueError(f"{in_file}: no completions to score")
-        summary = {"kind": "samples", **summarize_rewards(values), "num_prompts": len(scored)}
-    write_records(out_file, scored)
-    write_json(summary_json, summary)
-    return summary

@@ -17,8 +17,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from . import engine as eng
 from .batching import Encoded, encode_pair, pad_batch
-from .engine import EngineParams, StageParams
+from .engine import EngineParams, StageParams, eval_model, eval_shard, reduce_sums, trainer_class
+from .io import read_records
+from .modeling import load_reward_model, load_tokenizer
 
 
 @dataclass
@@ -63,8 +66,6 @@ def rewards(model, batch: dict):
 
 @functools.cache
 def _trainer_class():
-    from .engine import trainer_class
-
     class RewardTrainer(trainer_class()):
         """Trainer with the pairwise BT loss; logs ``rewards/accuracies`` and ``rewards/margins``."""
 
@@ -107,8 +108,6 @@ def evaluate_rm(trainer, examples: list[dict], batch_size: int) -> dict:
     """Pairwise accuracy (ties 1/2) and mean margin ``r_c - r_r`` (sharded over processes)."""
     import torch
 
-    from .engine import eval_model, eval_shard, reduce_sums
-
     model = eval_model(trainer)
     collate = trainer.data_collator
     idx = eval_shard(trainer, len(examples))
@@ -140,10 +139,6 @@ def train_rm(base: str, train_file, test_file, out_dir, work_dir, log_dir,
 
     from transformers import set_seed
 
-    from . import engine as eng
-    from .io import read_records
-    from .modeling import load_reward_model, load_tokenizer
-
     eng.setup_threads(engine)
     set_seed(engine.seed)  # the scalar head is freshly initialised
     args = eng.make_training_args(params, engine, work_dir, log_dir)
@@ -154,9 +149,12 @@ def train_rm(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     test = encode_rm(tok, test_records, params.max_len, params.max_gen_len)
     trainer = _trainer_class()(model=model, args=args, data_collator=RMCollator(tok.pad_token_id),
                                train_dataset=train, processing_class=tok, callbacks=callbacks,
+                               run_name="train_rm",
                                group_lengths=([max(len(f["chosen"]), len(f["rejected"])) for f in train]
                                               if params.group_by_length else None))
     eng.attach_tensorboard(trainer, log_dir)
+    if trainer.accelerator.is_main_process:
+        eng.empty_dir(out_dir, keep=(work_dir, log_dir))
     run_params = {"stage": "rm", "base": str(base), "train": str(train_file),
                   "rm": params.to_dict(), "engine": engine.to_dict()}
     out = eng.run_trainer(trainer, work_dir, run_params)

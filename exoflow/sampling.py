@@ -35,12 +35,15 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-from .batching import Encoded, encode_pair, encode_prompt, length_sorted_batches, pad_batch
+from .batching import Encoded, encode_prompt, length_sorted_batches, pad_batch
+from .errors import ParamsError
+from .io import RecordError, iter_records, write_records
+from .modeling import load_causal_lm, load_tokenizer
 
 TURN_MARKERS = ("\n\nHuman:", "\n\nAssistant:")
 
@@ -59,13 +62,13 @@ def cut_at_turn(text: str, markers: tuple[str, ...] = TURN_MARKERS) -> str:
 class SampleParams:
     """The ``sample`` / ``eval`` config sections (sampling part)."""
 
-    num_return: int = field(default=2, metadata={"help": "completions per prompt"})
-    temperature: float = field(default=0.8, metadata={"help": "softmax temperature; 0 = greedy"})
-    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens; 0 = all"})
-    max_new_tokens: int = field(default=200, metadata={"help": "tokens generated at most"})
-    max_len: int = field(default=512, metadata={"help": "prompt tokens kept (left-truncated)"})
-    batch_size: int = field(default=32, metadata={"help": "prompts per generate call"})
-    num_prompts: int | None = field(default=None, metadata={"help": "first N prompts; null = all"})
+    num_return: int = 2
+    temperature: float = 0.8
+    top_k: int = 0
+    max_new_tokens: int = 200
+    max_len: int = 512
+    batch_size: int = 32
+    num_prompts: int | None = None
 
     # Keys of the config sections that belong to other stages (scoring, eval bookkeeping).
     TOLERATED = frozenset({"score_batch_size", "checkpoints"})
@@ -75,7 +78,7 @@ class SampleParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names - cls.TOLERATED)
         if unknown:
-            raise ValueError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(names)} "
+            raise ParamsError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(names)} "
                              f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
         p = cls(**{k: v for k, v in d.items() if k in names})
         p.validate()
@@ -84,13 +87,13 @@ class SampleParams:
     def validate(self) -> None:
         for name in ("num_return", "max_new_tokens", "max_len", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"sampling {name} must be >= 1, got {getattr(self, name)}")
+                raise ParamsError(f"sampling {name} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0:
-            raise ValueError(f"sampling temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise ParamsError(f"sampling temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"sampling top_k must be >= 0 (0 = disabled), got {self.top_k}")
+            raise ParamsError(f"sampling top_k must be >= 0 (0 = disabled), got {self.top_k}")
         if self.num_prompts is not None and self.num_prompts < 1:
-            raise ValueError(f"sampling num_prompts must be >= 1 or null, got {self.num_prompts}")
+            raise ParamsError(f"sampling num_prompts must be >= 1 or null, got {self.num_prompts}")
 
 
 def stream_seed(seed: int, prompt_index: int, return_index: int) -> int:
@@ -255,59 +258,14 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
     return results
 
 
-def completion_logps(model, tokenizer, prompts: list[str], completions: list[list[str]],
-                     max_len: int, max_gen_len: int, batch_size: int,
-                     temperature: float = 1.0, progress: bool = False) -> list[list[float]]:
-    """Summed log-prob of each completion given its prompt, EOS included.
-
-    The training layout (``batching.encode_pair(add_eos=True)``): response right-truncated
-    to ``max_gen_len``, prompt left-truncated to fit ``max_len``; only response tokens (and
-    the EOS) count, at ``log softmax(logits / temperature)``. Sequences are length-sorted
-    into right-padded batches of ``batch_size``; the result has the shape of
-    ``completions``. With the policy and the SFT model, the mean over samples of
-    ``logp_policy - logp_sft`` estimates KL(policy || SFT).
-    """
-    from tqdm.auto import tqdm
-
-    from .logps import model_response_logps
-
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
-    device = next(model.parameters()).device
-    flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
-    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True)
-             for i, c in flat]
-    values = [0.0] * len(items)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for idx in tqdm(length_sorted_batches([len(x) for x in items], batch_size),
-                            desc="logps", unit="batch", disable=not progress, file=sys.stderr):
-                batch = {k: v.to(device) for k, v in
-                         pad_batch([items[k] for k in idx], tokenizer.pad_token_id).items()}
-                lp = model_response_logps(model, batch["input_ids"], batch["attention_mask"],
-                                          batch["loss_mask"], temperature)
-                for k, v in zip(idx, lp.tolist()):
-                    values[k] = v
-    finally:
-        model.train(was_training)
-    out: list[list[float]] = [[] for _ in completions]
-    for (i, _), v in zip(flat, values):
-        out[i].append(v)
-    return out
-
-
 def read_prompts(in_file, num_prompts: int | None = None) -> list[str]:
     """The ``prompt`` of every record of ``in_file`` (the first ``num_prompts`` if given)."""
-    from .io import iter_records
-
     prompts = []
     for line, rec in iter_records(in_file):
         if num_prompts is not None and len(prompts) >= num_prompts:
             break
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise ValueError(f"{in_file}:{line}: record has no string 'prompt'")
+            raise RecordError(f"{in_file}:{line}: record has no string 'prompt'")
         prompts.append(rec["prompt"])
     return prompts
 
@@ -321,9 +279,6 @@ def sample_file(model_dir, in_file, out_file, params: SampleParams, seed: int,
     returns how many. ``num_prompts`` (else ``params.num_prompts``) keeps the first N
     prompts. ``device`` defaults to CUDA when available.
     """
-    from .io import write_records
-    from .modeling import load_causal_lm, load_tokenizer
-
     n = num_prompts if num_prompts is not None else params.num_prompts
     prompts = read_prompts(in_file, n)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import engine as eng
 from .batching import Encoded, encode_pair, pad_batch
-from .engine import EngineParams, StageParams
+from .engine import EngineParams, StageParams, eval_model, eval_shard, reduce_sums
+from .io import read_records
+from .modeling import load_causal_lm, load_tokenizer
 
 IGNORE = -100  # the label torch's cross-entropy skips
 
@@ -62,8 +65,6 @@ def evaluate_sft(trainer, examples: list[dict], batch_size: int) -> dict:
 
     import torch
 
-    from .engine import eval_model, eval_shard, reduce_sums
-
     model = eval_model(trainer)
     collate = trainer.data_collator
     idx = eval_shard(trainer, len(examples))
@@ -91,10 +92,6 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
 
     from transformers import set_seed
 
-    from . import engine as eng
-    from .io import read_records
-    from .modeling import load_causal_lm, load_tokenizer
-
     eng.setup_threads(engine)
     set_seed(engine.seed)
     args = eng.make_training_args(params, engine, work_dir, log_dir)
@@ -104,9 +101,12 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     test = encode_sft(tok, read_records(test_file), params.max_len, params.max_gen_len)
     trainer = eng.trainer_class()(model=model, args=args, data_collator=SFTCollator(tok.pad_token_id),
                                   train_dataset=train, processing_class=tok, callbacks=callbacks,
+                                  run_name="train_sft",
                                   group_lengths=([len(f["input_ids"]) for f in train]
                                                  if params.group_by_length else None))
     eng.attach_tensorboard(trainer, log_dir)
+    if trainer.accelerator.is_main_process:
+        eng.empty_dir(out_dir, keep=(work_dir, log_dir))
     run_params = {"stage": "sft", "base": str(base), "train": str(train_file),
                   "sft": params.to_dict(), "engine": engine.to_dict()}
     out = eng.run_trainer(trainer, work_dir, run_params)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .io import read_json
+from .io import RecordError, read_json
 
 BASE_COLUMNS = ["run", "loss", "data", "num_contrastive", "ckpt", "step",
                 "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate", "kl"]
@@ -80,14 +80,14 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
 
     sft = read_json(sft_json)
     if sft["run"] != "sft" or int(sft["ckpt"]) != 0:
-        raise ValueError(f"{sft_json}: expected the SFT model's reward.json (run sft, ckpt 0), "
+        raise RecordError(f"{sft_json}: expected the SFT model's reward.json (run sft, ckpt 0), "
                          f"got run {sft['run']!r} ckpt {sft['ckpt']}")
     sft = dict(sft, step=0)
     ckpts = [read_json(p) for p in checkpoint_jsons]
     order = {name: n for n, name in enumerate(runs)}
     for path, s in zip(checkpoint_jsons, ckpts):
         if s["run"] not in order:
-            raise ValueError(f"{path}: run {s['run']!r} is not one of {sorted(order)}")
+            raise RecordError(f"{path}: run {s['run']!r} is not one of {sorted(order)}")
     ckpts.sort(key=lambda s: (order[s["run"]], int(s["ckpt"])))
     rows = [checkpoint_row(sft)] + [checkpoint_row(s, runs[s["run"]]) for s in ckpts]
     rows += dataset_rows(read_json(dataset_json))

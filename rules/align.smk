@@ -2,36 +2,40 @@
 #   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl   reference log-probs (once)
 #   models/align/<run>/ckpt<k>/         k = 1..max_steps // save_every, at step k * save_every
 #   models/align/<run>/train_metrics.json
-# One rule per run (train_align_<run>): each run has its own number of checkpoints, and every
-# ckpt<k>/config.json must be a file that a rule names, so that eval can ask for one.
+# One rule per run: each run has its own number of checkpoints, and every ckpt<k>/config.json
+# must be a file that a rule names, so that eval can ask for one. The rule of run <run> is named
+# rule_name("train_align", <run>) = train_align_<run with non-word characters as _>, e.g.
+# train_align_exo_rw_nc2, train_align_dpo_rw_nc2, train_align_exo_pref_nc2,
+# train_align_dpo_pref_nc2 (the runs of config.yaml): `git grep train_align_` finds this file.
 
 
 wildcard_constraints:
-    run=align_run_regex(),
+    run=PLAN.align_run_regex(),
 
 
 rule precompute_ref:
     """Reference (SFT) log-probs of every candidate of an alignment data set, computed once
     per data set, temperature and truncation; the runs that share them share the file."""
     input:
-        script=script("precompute_ref"),
-        code=code("refcache", "logps", "batching", "modeling"),
         model=res("models/sft/config.json"),
         data=res("data/{data}/train.jsonl"),
     output:
         res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}.jsonl"),
     params:
-        gpu=gpu_prefix(min(gpus(), 1)),
+        cmd=command("precompute_ref"),
+        code=code_of("precompute_ref"),
+        model=parent_of("model", "input"),
+        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
         batch_size=config["sample"]["score_batch_size"],
-        engine=ref_engine_params(),
+        engine=as_json(PLAN.ref_engine_params()),
     wildcard_constraints:
-        data=align_data_regex(),
+        data=PLAN.align_data_regex(),
         temp=r"[0-9][0-9.e+-]*",
         max_len=r"\d+",
         max_gen_len=r"\d+",
     threads: workflow.cores
     resources:
-        gpu=min(gpus(), 1),
+        gpu=min(PLAN.gpus(), 1),
     log:
         log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}"),
     benchmark:
@@ -39,37 +43,41 @@ rule precompute_ref:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "{params.gpu}OMP_NUM_THREADS={threads} python {input.script} --reference $(dirname {input.model}) "
-        "--data {input.data} --output {output} --temp {wildcards.temp} --max-len {wildcards.max_len} "
-        "--max-gen-len {wildcards.max_gen_len} --batch-size {params.batch_size} "
-        "--engine {params.engine:q} > {log} 2>&1"
+        "{params.gpu}OMP_NUM_THREADS={threads} {params.cmd} "
+        "--reference {params.model:q} --data {input.data:q} --output {output:q} "
+        "--temp {wildcards.temp:q} --max-len {wildcards.max_len:q} "
+        "--max-gen-len {wildcards.max_gen_len:q} --batch-size {params.batch_size:q} "
+        "--code-hash {params.code:q} --engine {params.engine:q} > {log:q} 2>&1"
 
 
-for run in align_runs():
+for run in PLAN.align_runs():
 
     rule:
         name:
-            train_align_rule_name(run)
+            rule_name("train_align", run)
         input:
-            script=script("train_align"),
-            code=code("align", "losses", "logps", "engine", "batching", "modeling"),
             model=res("models/sft/config.json"),
-            data=align_data(run),
-            ref=ref_cache_inputs(run),
+            data=PLAN.align_data(run),
+            ref=PLAN.ref_cache_inputs(run),
         output:
-            ckpts=align_ckpt_configs(run),
-            metrics=align_metrics(run),
+            ckpts=PLAN.align_ckpt_configs(run),
+            metrics=PLAN.align_metrics(run),
         params:
-            gpu=gpu_prefix(gpus()),
-            align=as_json(run_params(run)),
-            engine=engine_params(),
-            launcher=train_launcher(),
-            ref_flag="--ref-logps" if precompute_ref() else "",
-            work=align_work_dir(run),
-            tb=align_tensorboard_dir(run),
+            script=script("train_align"),
+            code=code_of("train_align"),
+            ref_code=code_of("precompute_ref"),
+            model=parent_of("model", "input"),
+            gpu=PLAN.gpu_prefix(PLAN.gpus()),
+            align=as_json(PLAN.run_params(run)),
+            engine=as_json(PLAN.engine_params()),
+            launcher=PLAN.train_launcher(),
+            ref=(["--ref-logps", *PLAN.ref_cache_inputs(run)] if PLAN.precompute_ref() else []),
+            out=parent_of("metrics"),
+            work=res(f"work/align/{run}"),
+            tb=res(f"logs/tensorboard/align/{run}"),
         threads: workflow.cores
         resources:
-            gpu=gpus(),
+            gpu=PLAN.gpus(),
         log:
             log("train_align", run),
         benchmark:
@@ -77,13 +85,14 @@ for run in align_runs():
         conda:
             "../envs/exoflow.yaml"
         shell:
-            "{params.gpu}OMP_NUM_THREADS={threads} {params.launcher} {input.script} "
-            "--policy $(dirname {input.model}) --train {input.data} {params.ref_flag} {input.ref} "
-            "--out $(dirname {output.metrics}) --work-dir {params.work} --log-dir {params.tb} "
-            "--params {params.align:q} --engine {params.engine:q} > {log} 2>&1"
+            "{params.gpu}OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} "
+            "--policy {params.model:q} --train {input.data:q} {params.ref:q} "
+            "--ref-code-hash {params.ref_code:q} "
+            "--out {params.out:q} --work-dir {params.work:q} --log-dir {params.tb:q} "
+            "--params {params.align:q} --engine {params.engine:q} > {log:q} 2>&1"
 
 
 rule align_all:
     """Every alignment run's checkpoints."""
     input:
-        align_targets(),
+        PLAN.align_targets(),

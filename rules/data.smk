@@ -1,12 +1,11 @@
 rule preprocess:
     """Raw HH pairs (hub, local folder or synthetic) -> {prompt, chosen, rejected}."""
-    input:
-        script=script("preprocess"),
-        code=code("io", "hh", "data", "synthetic"),
     output:
         pairs=res("data/pref/{split}.jsonl"),
         stats=res("data/stats/{split}.json"),
     params:
+        cmd=command("preprocess"),
+        code=code_of("preprocess"),
         data=data_params,
         seed=config["seed"],
     log:
@@ -16,17 +15,19 @@ rule preprocess:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "python {input.script} --split {wildcards.split} --data {params.data:q} "
-        "--seed {params.seed} --output {output.pairs} --stats {output.stats} > {log} 2>&1"
+        "{params.cmd} --split {wildcards.split:q} --data {params.data:q} "
+        "--seed {params.seed:q} --output {output.pairs:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 
 rule data_stats:
     """Counts read, kept and dropped per reason, per split, in one file."""
     input:
-        script=script("data_stats"),
         stats=expand(res("data/stats/{split}.json"), split=SPLITS),
     output:
         res("data/stats.json"),
+    params:
+        cmd=command("data_stats"),
+        code=code_of("data_stats"),
     log:
         log("data_stats"),
     benchmark:
@@ -34,17 +35,18 @@ rule data_stats:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "python {input.script} --inputs {input.stats} --output {output} > {log} 2>&1"
+        "{params.cmd} --inputs {input.stats:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule pref_to_rewards:
     """Preference pairs in the alignment format: completions [chosen, rejected], rewards [1, 0]."""
     input:
-        script=script("pref_to_rewards"),
-        code=code("io", "hh"),
         pairs=res("data/pref/{split}.jsonl"),
     output:
         res("data/p2r/{split}.jsonl"),
+    params:
+        cmd=command("pref_to_rewards"),
+        code=code_of("pref_to_rewards"),
     log:
         log("pref_to_rewards", "{split}"),
     benchmark:
@@ -52,4 +54,4 @@ rule pref_to_rewards:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "python {input.script} --input {input.pairs} --output {output} > {log} 2>&1"
+        "{params.cmd} --input {input.pairs:q} --output {output:q} > {log:q} 2>&1"

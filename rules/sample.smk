@@ -1,19 +1,23 @@
+# sample_sft and sample_checkpoint (rules/eval.smk) share one CLI, workflow_scripts/sample.py.
+
+
 rule sample_sft:
     """sample.num_return completions per prompt from the SFT model."""
     input:
-        script=script("sample"),
-        code=code("sampling", "batching", "modeling"),
         model=res("models/sft/config.json"),
         prompts=res("data/pref/{split}.jsonl"),
     output:
         res("data/sft_samples/{split}.jsonl"),
     params:
-        gpu=gpu_prefix(min(gpus(), 1)),
+        cmd=command("sample"),
+        code=code_of("sample"),
+        model=parent_of("model", "input"),
+        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
         sample=as_json(config["sample"]),
         seed=config["seed"],
     threads: workflow.cores
     resources:
-        gpu=min(gpus(), 1),
+        gpu=min(PLAN.gpus(), 1),
     log:
         log("sample_sft", "{split}"),
     benchmark:
@@ -21,28 +25,29 @@ rule sample_sft:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "{params.gpu}python {input.script} --model $(dirname {input.model}) --input {input.prompts} "
-        "--output {output} --params {params.sample:q} --seed {params.seed} "
-        "--num-threads {threads} > {log} 2>&1"
+        "{params.gpu}{params.cmd} --model {params.model:q} --input {input.prompts:q} "
+        "--output {output:q} --params {params.sample:q} --seed {params.seed:q} "
+        "--num-threads {threads} > {log:q} 2>&1"
 
 
 rule label_rewards:
     """RM rewards for every SFT sample: the data of the *-rw alignment runs."""
     input:
-        script=script("score"),
-        code=code("rewards", "batching", "modeling"),
         rm=res("models/rm/config.json"),
         samples=res("data/sft_samples/{split}.jsonl"),
     output:
         res("data/rm_labels/{split}.jsonl"),
     params:
-        gpu=gpu_prefix(min(gpus(), 1)),
+        cmd=command("label_rewards"),
+        code=code_of("label_rewards"),
+        rm=parent_of("rm", "input"),
+        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
         batch_size=config["sample"]["score_batch_size"],
         max_len=config["rm"]["max_len"],
         max_gen_len=config["rm"]["max_gen_len"],
     threads: workflow.cores
     resources:
-        gpu=min(gpus(), 1),
+        gpu=min(PLAN.gpus(), 1),
     log:
         log("label_rewards", "{split}"),
     benchmark:
@@ -50,6 +55,6 @@ rule label_rewards:
     conda:
         "../envs/exoflow.yaml"
     shell:
-        "{params.gpu}OMP_NUM_THREADS={threads} python {input.script} --rm $(dirname {input.rm}) "
-        "--input {input.samples} --output {output} --mode label --batch-size {params.batch_size} "
-        "--max-len {params.max_len} --max-gen-len {params.max_gen_len} > {log} 2>&1"
+        "{params.gpu}OMP_NUM_THREADS={threads} {params.cmd} --rm {params.rm:q} "
+        "--input {input.samples:q} --output {output:q} --batch-size {params.batch_size:q} "
+        "--max-len {params.max_len:q} --max-gen-len {params.max_gen_len:q} > {log:q} 2>&1"

@@ -212,7 +212,9 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     from exoflow.modeling import load_causal_lm
     from exoflow.sft import train_sft
 
-    params, engine = SFTParams.from_dict(tiny_stage()), tiny_engine(checkpoint_every=2)
+    # logging every 3 steps: the resume at step 4 falls inside a logging window
+    params, engine = SFTParams.from_dict(tiny_stage()), tiny_engine(checkpoint_every=2,
+                                                                    logging_steps=3)
 
     def run(name, **kw):
         d = tmp_path / name
@@ -235,6 +237,10 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     assert [e["step"] for e in resumed["train_loss_curve"]] == list(range(1, 17))
     for a, b in zip(resumed["train_loss_curve"], ref["train_loss_curve"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    # the whole run's mean loss, not only the steps after the resume (issue 10)
+    assert resumed["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
+    assert ref["train_loss"] == pytest.approx(
+        sum(e["loss"] for e in ref["train_loss_curve"]) / 16, abs=1e-6)
     assert resumed["test_nll"] == pytest.approx(ref["test_nll"], abs=1e-5)
     m_ref, m_res = load_causal_lm(ref_dir / "out"), load_causal_lm(res_dir / "out")
     for (name, p), q in zip(m_ref.named_parameters(), m_res.parameters()):
@@ -273,8 +279,8 @@ def test_deepspeed_zero2_on_cpu(tiny, plain_rm, tmp_path, launcher):
                          checkpoint_every=100)
     launch = {"torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"],
               "python": []}[launcher]
-    cmd = [sys.executable, *launch, str(ROOT / "workflow_scripts" / "train_rm.py"),
-           "--base", str(tiny.base),
+    cmd = [sys.executable, *launch, str(ROOT / "workflow_scripts" / "train_stage.py"),
+           "--stage", "rm", "--base", str(tiny.base),
            "--train", str(tiny.train), "--test", str(tiny.test), "--out", str(out),
            "--work-dir", str(work), "--log-dir", str(tmp_path / "ds" / "logs"),
            "--params", json.dumps(stage), "--engine", json.dumps(engine.to_dict())]

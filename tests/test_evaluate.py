@@ -215,8 +215,11 @@ def test_eval_clis(world, tmp_path, capsys):
         *sizes])
     s = read_json(tmp_path / "d" / "reward.json")
     assert s["num_prompts"] == 3 and "gold" not in s["chosen"]
-    with pytest.raises(SystemExit, match="unknown eval parameter"):
-        _cli("eval_dataset").main([
+    from exoflow.cli import run
+
+    with pytest.raises(SystemExit):
+        run(_cli("eval_dataset").main, [
             "--rm", str(world / "rm"), "--input", str(world / "pref.jsonl"),
             "--output", str(tmp_path / "x.json"), "--rewards", str(tmp_path / "x.jsonl"),
             "--params", '{"max_lenn": 3}', "--rm-max-len", "128", "--rm-max-gen-len", "16"])
+    assert "error: unknown eval parameter(s) ['max_lenn']" in capsys.readouterr().err

@@ -160,14 +160,14 @@ def test_cpus_per_gpu_and_default_lockdir(monkeypatch):
     assert str(gpus.default_lockdir()).startswith("/c/exoflow/gpu_locks/")
 
 
-def test_gpu_prefix_in_common_smk():
-    src = (ROOT / "rules" / "common.smk").read_text()
-    m = re.search(r"^def gpu_prefix\(n\):\n(?:(?:    .*)?\n)+", src, re.M)
-    assert m, "gpu_prefix missing from rules/common.smk"
-    ns = {}
-    exec(m.group(0), ns)
-    assert ns["gpu_prefix"](0) == "" == gpus.prefix(0)
-    assert ns["gpu_prefix"](2) == "python -m exoflow.gpus run --n 2 -- " == gpus.prefix(2)
+def test_gpu_prefix_of_the_plan():
+    from exoflow.plan import Plan
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    plan = Plan(cfg, python="/venv/bin/python")
+    assert plan.gpu_prefix(0) == "" == gpus.prefix(0)
+    assert plan.gpu_prefix(2) == "/venv/bin/python -m exoflow.gpus run --n 2 -- "
+    assert gpus.prefix(2) == "python -m exoflow.gpus run --n 2 -- "
 
 
 def test_local_profile_limits_gpus_and_places_jobs(tmp_path, pool):

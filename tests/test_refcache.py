@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from exoflow.align import AlignCollator, batch_loss, encode_align, sequence_logps
+from exoflow.align import batch_loss, sequence_logps
+from exoflow.align_data import AlignCollator, encode_align
 from exoflow.io import read_records, write_records
 from exoflow.modeling import load_causal_lm, load_tokenizer
 from exoflow.refcache import CHECKED, RefCacheError, load_ref_cache, read_ref_cache
@@ -85,7 +86,7 @@ def test_other_settings_are_refused(tiny, tmp_path):
         _load(tiny, data_file=other)
     cut = tmp_path / "cut.jsonl"
     cut.write_text("\n".join(tiny.cache.read_text().splitlines()[:-1]) + "\n")
-    with pytest.raises(RefCacheError, match="truncated or corrupt"):
+    with pytest.raises(RefCacheError, match="does not match its checksum.*cut short"):
         load_ref_cache(cut, tiny.k4, tiny.sft, 0.8, 64, 24)
     (tmp_path / "plain.jsonl").write_text(json.dumps([1.0, 2.0]) + "\n")
     with pytest.raises(RefCacheError, match="not a reference log-prob cache"):
@@ -97,7 +98,7 @@ def test_reference_runs_in_the_policys_precision(monkeypatch):
     from pathlib import Path
 
     import exoflow.engine as eng
-    from exoflow.align import reference_precision
+    from exoflow.engine import reference_precision
 
     zero2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
     assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", None)  # no GPU
@@ -120,3 +121,42 @@ def test_precompute_cli(tiny, tmp_path):
               "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--batch-size", "5"])
     torch.testing.assert_close(torch.tensor(read_ref_cache(out)[1]),
                                torch.tensor(read_ref_cache(tiny.cache)[1]), rtol=0, atol=1e-5)
+
+
+def _rewrite(path, settings, rows_text):
+    """A cache with these row lines and a checksum that matches them (a forged file)."""
+    import hashlib
+
+    body = "".join(line + "\n" for line in rows_text).encode()
+    head = json.dumps({"settings": settings, "content_sha256": hashlib.sha256(body).hexdigest()})
+    path.write_bytes(head.encode() + b"\n" + body)
+
+
+def test_cache_proves_its_content(tiny, tmp_path):
+    """Issue 10: +5 on every value with the header left alone, a file cut mid-line, NaN, a
+    short row: each is refused with one line naming the file (and line) and what to do."""
+    lines = tiny.cache.read_text().splitlines()
+    settings = json.loads(lines[0])["settings"]
+    shifted = tmp_path / "shifted.jsonl"
+    shifted.write_text("\n".join([lines[0]] + [json.dumps([v + 5 for v in json.loads(x)])
+                                                for x in lines[1:]]) + "\n")
+    with pytest.raises(RefCacheError, match=f"{shifted}: content does not match its checksum"):
+        load_ref_cache(shifted, tiny.k4, tiny.sft, 0.8, 64, 24)
+    midline = tmp_path / "midline.jsonl"
+    text = tiny.cache.read_text()
+    midline.write_text(text[: len(text) - 17])
+    with pytest.raises(RefCacheError, match=f"{midline}: content does not match"):
+        read_ref_cache(midline)
+    bad = tmp_path / "nan.jsonl"
+    rows = lines[1:]
+    _rewrite(bad, settings, rows[:4] + ["[NaN, -1.0, -2.0, -3.0]"] + rows[5:])
+    with pytest.raises(RefCacheError, match=rf"{bad}:6: NaN is not a finite number.*delete it"):
+        load_ref_cache(bad, tiny.k4, tiny.sft, 0.8, 64, 24)
+    _rewrite(bad, settings, rows[:2] + ["[-1.0, -2.0]"] + rows[3:])
+    with pytest.raises(RefCacheError, match=rf"{bad}:4: 2 values for K=4 candidates"):
+        load_ref_cache(bad, tiny.k4, tiny.sft, 0.8, 64, 24)
+    _rewrite(bad, settings, rows[:2] + ['[-1.0, "x", -2.0, 0]'] + rows[3:])
+    with pytest.raises(RefCacheError, match=rf"{bad}:4: expected a list of numbers"):
+        read_ref_cache(bad)
+    _rewrite(bad, settings, rows)  # the same rows with their checksum: accepted
+    assert read_ref_cache(bad)[1] == read_ref_cache(tiny.cache)[1]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from exoflow.io import read_json, read_records, write_records
+from exoflow.io import read_records, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, train_tokenizer
-from exoflow.rewards import eval_file, label_file, load_scorer, score_texts, summarize_rewards
+from exoflow.rewards import label_file, load_scorer, score_texts, summarize_rewards
 
 WORDS = "the cat dog sat on mat why how what is are you I can help with that sure no yes".split()
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,43 +107,11 @@ def test_label_file_adds_one_reward_per_completion(rm_dir, scorer, pairs, tmp_pa
         assert o["rewards"] == pytest.approx(alone, abs=1e-5)
 
 
-def test_eval_file_on_samples(rm_dir, pairs, tmp_path):
-    recs = [{"prompt": p, "completions": [r, " yes"]} for p, r in pairs]
-    write_records(tmp_path / "s.jsonl", recs)
-    summary = eval_file(rm_dir, tmp_path / "s.jsonl", tmp_path / "r.jsonl",
-                        tmp_path / "reward.json", batch_size=5, max_len=128, max_gen_len=64)
-    out = read_records(tmp_path / "r.jsonl")
-    values = [v for o in out for v in o["rewards"]]
-    assert summary == read_json(tmp_path / "reward.json")
-    assert summary == {"kind": "samples", "num_prompts": len(recs), **summarize_rewards(values)}
-    assert summary["count"] == 2 * len(recs)
-
-
-def test_eval_file_on_preference_pairs(rm_dir, scorer, pairs, tmp_path):
-    model, tok = scorer
-    recs = [{"prompt": p, "chosen": r, "rejected": " no"} for p, r in pairs]
-    write_records(tmp_path / "pref.jsonl", recs)
-    summary = eval_file(rm_dir, tmp_path / "pref.jsonl", tmp_path / "r.jsonl",
-                        tmp_path / "reward.json", batch_size=4, max_len=128, max_gen_len=64)
-    out = read_records(tmp_path / "r.jsonl")
-    assert [set(o) for o in out] == [{"prompt", "completions", "rewards"}] * len(recs)
-    assert [o["completions"] for o in out] == [[r["chosen"], r["rejected"]] for r in recs]
-    rc = score_texts(model, tok, [r["prompt"] for r in recs], [r["chosen"] for r in recs], 1,
-                     128, 64, progress=False)
-    rr = score_texts(model, tok, [r["prompt"] for r in recs], [" no"] * len(recs), 1, 128, 64,
-                     progress=False)
-    assert summary["kind"] == "pref" and summary["num_pairs"] == len(recs)
-    assert summary["chosen"]["mean"] == pytest.approx(sum(rc) / len(rc), abs=1e-5)
-    assert summary["rejected"]["mean"] == pytest.approx(sum(rr) / len(rr), abs=1e-5)
-    assert summary["accuracy"] == pytest.approx(sum(c > j for c, j in zip(rc, rr)) / len(rc))
-    assert 0 < summary["accuracy"] < 1  # both outcomes occur, so the count is tested
-
-
 def test_mixed_or_unknown_records_are_refused(rm_dir, tmp_path):
     write_records(tmp_path / "m.jsonl", [{"prompt": "a", "completions": ["b"]},
                                          {"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(ValueError, match="mixes"):
-        eval_file(rm_dir, tmp_path / "m.jsonl", tmp_path / "o", tmp_path / "s", 2, 16, 8)
+        label_file(rm_dir, tmp_path / "m.jsonl", tmp_path / "o", 2, 16, 8)
     write_records(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(ValueError, match="label mode needs sample records"):
         label_file(rm_dir, tmp_path / "p.jsonl", tmp_path / "o", 2, 16, 8)
@@ -169,15 +137,10 @@ def _cli(name):
     return mod
 
 
-def test_score_cli(rm_dir, pairs, tmp_path):
-    cli = _cli("score")
+def test_label_rewards_cli(rm_dir, pairs, tmp_path):
+    cli = _cli("label_rewards")
     write_records(tmp_path / "s.jsonl", [{"prompt": p, "completions": [r]} for p, r in pairs])
     common = ["--rm", str(rm_dir), "--input", str(tmp_path / "s.jsonl"), "--batch-size", "4",
               "--max-len", "128", "--max-gen-len", "64"]
-    cli.main(common + ["--output", str(tmp_path / "l.jsonl"), "--mode", "label"])
+    cli.main(common + ["--output", str(tmp_path / "l.jsonl")])
     assert [len(r["rewards"]) for r in read_records(tmp_path / "l.jsonl")] == [1] * len(pairs)
-    cli.main(common + ["--output", str(tmp_path / "e.jsonl"), "--mode", "eval",
-                       "--summary", str(tmp_path / "reward.json")])
-    assert read_json(tmp_path / "reward.json")["count"] == len(pairs)
-    with pytest.raises(SystemExit):
-        cli.main(common + ["--output", str(tmp_path / "x.jsonl"), "--mode", "eval"])

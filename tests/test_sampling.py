@@ -14,7 +14,6 @@ from exoflow.sampling import (
     SampleParams,
     _turn_end_tokens,
     _turn_stopper,
-    completion_logps,
     cut_at_turn,
     sample_completions,
     sample_file,
@@ -205,14 +204,16 @@ def test_generation_stops_at_turn_and_eos(parrot, tok):
     assert len(calls) == 1 + n_turn
 
 
-# ---- completion_logps ------------------------------------------------------------------
+# ---- text_logps (the KL's log-probs) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_completion_logps_matches_hand_loop(lm, tok, prompts, temperature):
+def test_text_logps_matches_hand_loop(lm, tok, prompts, temperature):
     comps = [[" yes", " the cat sat on the mat"], [" no"], [" why"], [" sure that is", " a"],
              [" help"], [" I can"], [" what is"]]
-    got = completion_logps(lm, tok, prompts, comps, max_len=256, max_gen_len=64, batch_size=3,
-                           temperature=temperature)
+    from exoflow.logps import text_logps
+
+    got = text_logps(lm, tok, prompts, comps, max_len=256, max_gen_len=64, batch_size=3,
+                     temperature=temperature)
     for p, cs, g in zip(prompts, comps, got):
         assert len(g) == len(cs)
         for c, v in zip(cs, g):
@@ -248,6 +249,10 @@ def test_sample_cli(lm, tok, prompts, tmp_path, capsys):
     out = read_records(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in out] == prompts[:4]
     assert all(len(r["completions"]) == 3 for r in out)
-    with pytest.raises(SystemExit, match="unknown sampling parameter"):
-        cli.main(["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
-                  "--output", str(tmp_path / "x.jsonl"), "--params", '{"topk": 3}', "--seed", "1"])
+    from exoflow.cli import run
+
+    with pytest.raises(SystemExit):
+        run(cli.main, ["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
+                       "--output", str(tmp_path / "x.jsonl"), "--params", '{"topk": 3}',
+                       "--seed", "1"])
+    assert "error: unknown sampling parameter(s) ['topk']" in capsys.readouterr().err

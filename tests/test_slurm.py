@@ -40,7 +40,7 @@ rule slurm_gpu_probe:
     output:
         "probe/gpu.txt",
     params:
-        prefix=gpu_prefix(2),
+        prefix=PLAN.gpu_prefix(2),
     resources:
         gpu=2,
     shell:

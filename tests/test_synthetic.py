@@ -218,7 +218,7 @@ def test_oracle_beats_random_pool_choice():
 
 
 def test_distractors_answer_another_request_and_are_wrong_here():
-    from exoflow.synthetic import DISTRACTORS, _correctness, _REFUSAL_RE, distractor
+    from exoflow.synthetic import _REFUSAL_RE, DISTRACTORS, _correctness, distractor
 
     assert DISTRACTORS
     rng = random.Random(11)

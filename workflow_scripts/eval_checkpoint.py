@@ -17,7 +17,6 @@ The SFT model itself is checkpoint 0: --policy equal to --sft and --samples equa
 
 import argparse
 import json
-import sys
 
 
 def make_parser():
@@ -48,20 +47,16 @@ def main(argv=None):
 
     from exoflow.evaluate import EvalParams, eval_checkpoint
 
-    try:
-        params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
-    except ValueError as e:
-        sys.exit(f"error: --params: {e}")
+    params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    try:
-        summary = eval_checkpoint(args.samples, args.sft_samples, args.rm, args.sft, args.policy,
-                                  args.output, args.rewards, run=args.run, ckpt=args.ckpt,
-                                  step=args.step, params=params, gold=args.gold, dtype=args.dtype)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    summary = eval_checkpoint(args.samples, args.sft_samples, args.rm, args.sft, args.policy,
+                              args.output, args.rewards, run=args.run, ckpt=args.ckpt,
+                              step=args.step, params=params, gold=args.gold, dtype=args.dtype)
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

@@ -10,7 +10,6 @@
 
 import argparse
 import json
-import sys
 
 
 def make_parser():
@@ -36,20 +35,16 @@ def main(argv=None):
 
     from exoflow.evaluate import EvalParams, eval_dataset
 
-    try:
-        params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
-    except ValueError as e:
-        sys.exit(f"error: --params: {e}")
+    params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    try:
-        summary = eval_dataset(args.input, args.rm, args.output, args.rewards,
-                               num_prompts=args.num_prompts, params=params, gold=args.gold,
-                               dtype=args.dtype)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    summary = eval_dataset(args.input, args.rm, args.output, args.rewards,
+                           num_prompts=args.num_prompts, params=params, gold=args.gold,
+                           dtype=args.dtype)
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

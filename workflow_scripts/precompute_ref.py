@@ -11,7 +11,6 @@
 
 import argparse
 import json
-import sys
 
 
 def make_parser():
@@ -24,22 +23,23 @@ def make_parser():
     p.add_argument("--max-gen-len", type=int, required=True, help="response tokens kept")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward")
     p.add_argument("--engine", default="{}", help="config['engine'] + dtype + seed, JSON")
+    p.add_argument("--code-hash", default=None,
+                   help="hash of the code computing the values, recorded in the cache")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from exoflow.engine import EngineParams, ParamsError
+    from exoflow.engine import EngineParams
     from exoflow.refcache import precompute_ref
 
-    try:
-        engine = EngineParams.from_dict(json.loads(args.engine))
-        settings = precompute_ref(args.reference, args.data, args.output, args.temp, args.max_len,
-                                  args.max_gen_len, args.batch_size, engine)
-    except (ParamsError, json.JSONDecodeError) as e:
-        sys.exit(f"error: {e}")
+    engine = EngineParams.from_dict(json.loads(args.engine))
+    settings = precompute_ref(args.reference, args.data, args.output, args.temp, args.max_len,
+                              args.max_gen_len, args.batch_size, engine, code=args.code_hash)
     print(json.dumps(settings))
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

@@ -24,4 +24,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

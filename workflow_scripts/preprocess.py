@@ -7,7 +7,6 @@
 
 import argparse
 import json
-import sys
 
 
 def make_parser():
@@ -22,17 +21,16 @@ def make_parser():
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from exoflow.data import DataSourceError, prepare_split
-    from exoflow.io import RecordError, write_json, write_records
+    from exoflow.data import prepare_split
+    from exoflow.io import write_json, write_records
 
-    try:
-        pairs, stats = prepare_split(json.loads(args.data), args.split, args.seed)
-    except (DataSourceError, RecordError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    pairs, stats = prepare_split(json.loads(args.data), args.split, args.seed)
     write_records(args.output, pairs)
     write_json(args.stats, stats)
     print(f"{args.split}: {json.dumps(stats)}")
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

@@ -8,7 +8,6 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -34,10 +33,7 @@ def main(argv=None):
     from exoflow.sampling import SampleParams, sample_file
 
     text = args.params if args.params.lstrip().startswith("{") else Path(args.params).read_text()
-    try:
-        params = SampleParams.from_dict(json.loads(text))
-    except ValueError as e:
-        sys.exit(f"error: --params: {e}")
+    params = SampleParams.from_dict(json.loads(text))
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     n = sample_file(args.model, args.input, args.output, params, args.seed,
@@ -46,4 +42,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

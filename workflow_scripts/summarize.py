@@ -9,7 +9,6 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -33,14 +32,13 @@ def main(argv=None):
     from exoflow.summary import write_summary
 
     text = args.runs if args.runs.lstrip().startswith("{") else Path(args.runs).read_text()
-    try:
-        df = write_summary(args.sft, args.checkpoints, args.dataset, json.loads(text), args.csv,
-                           args.png, title=args.title)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    df = write_summary(args.sft, args.checkpoints, args.dataset, json.loads(text), args.csv,
+                       args.png, title=args.title)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.to_string(index=False))
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

@@ -19,7 +19,6 @@ A restarted job resumes from the last checkpoint in --work-dir.
 
 import argparse
 import json
-import sys
 
 
 def make_parser():
@@ -27,6 +26,8 @@ def make_parser():
     p.add_argument("--policy", required=True, help="the initial policy (SFT model folder)")
     p.add_argument("--train", required=True, help="records {prompt, completions, rewards}")
     p.add_argument("--ref-logps", default=None, help="reference log-prob cache (precompute_ref)")
+    p.add_argument("--ref-code-hash", default=None,
+                   help="the code hash the cache must record (precompute_ref's); default: unchecked")
     p.add_argument("--reference", default=None, help="reference model, when no cache (default: --policy)")
     p.add_argument("--out", required=True, help="folder for ckpt<k>/ and train_metrics.json")
     p.add_argument("--work-dir", required=True, help="Trainer checkpoints, for resuming")
@@ -40,18 +41,17 @@ def make_parser():
 def main(argv=None):
     args = make_parser().parse_args(argv)
     from exoflow.align import AlignParams, train_align
-    from exoflow.engine import EngineParams, ParamsError
-    from exoflow.refcache import RefCacheError
+    from exoflow.engine import EngineParams
 
-    try:  # bad parameters end the job with one line, not a traceback
-        params = AlignParams.from_dict(json.loads(args.params))
-        engine = EngineParams.from_dict(json.loads(args.engine))
-        metrics = train_align(args.policy, args.train, args.out, args.work_dir, args.log_dir,
-                              params, engine, ref_cache=args.ref_logps, reference=args.reference)
-    except (ParamsError, RefCacheError, json.JSONDecodeError) as e:
-        sys.exit(f"error: {e}")
+    params = AlignParams.from_dict(json.loads(args.params))
+    engine = EngineParams.from_dict(json.loads(args.engine))
+    metrics = train_align(args.policy, args.train, args.out, args.work_dir, args.log_dir,
+                          params, engine, ref_cache=args.ref_logps, reference=args.reference,
+                          ref_code=args.ref_code_hash)
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
 
 
 if __name__ == "__main__":
-    main()
+    from exoflow import cli
+
+    cli.run(main)

@@ -1,0 +1,335 @@
+"""Issue 10: no injected fault ends in exit 0 with a wrong result, and none ends with a traceback
+as its only message. Each row of the issue's table, through the real CLI (``workflow_scripts/``)
+or the real Snakemake rule.
+
+A CLI's failure is checked to be exactly one line on stderr (``error: <file>[:<line>]: ...``),
+naming what is broken and what to do.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exoflow.io import read_json, read_records, write_json, write_records
+from tests.test_align import align_params, make_tiny
+from tests.test_engine import make_base, make_data, tiny_stage
+from tests.workflow_utils import copy_workflow, snakemake
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "workflow_scripts"
+ENGINE = json.dumps({"deepspeed": None, "gpus": 0, "num_threads": 1, "logging_steps": 1,
+                     "checkpoint_every": 2, "dtype": "fp32", "seed": 0})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("faults"))
+
+
+def cli(script, *args, env=None, umask=None, check=None):
+    """Run workflow_scripts/<script>.py; returns the CompletedProcess."""
+    e = {k: v for k, v in os.environ.items() if k != "EXOFLOW_DEBUG"} | (env or {})
+    proc = subprocess.run([sys.executable, str(SCRIPTS / f"{script}.py"), *map(str, args)],
+                          capture_output=True, text=True, env=e, timeout=600,
+                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    if check is not None:
+        assert (proc.returncode == 0) == check, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def one_line_error(proc, *needles):
+    """The process failed with exactly one 'error: ...' line on stderr holding every needle."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for n in needles:
+        assert str(n) in errors[0], (n, errors[0])
+    return errors[0]
+
+
+def align_cli(tiny, name, train, ref=None, **params):
+    d = tiny.root / name
+    p = align_params(**params).to_dict()
+    args = ["--policy", tiny.sft, "--train", train, "--out", d / "out", "--work-dir", d / "work",
+            "--log-dir", d / "logs", "--params", json.dumps(p), "--engine", ENGINE]
+    if ref is not None:
+        args += ["--ref-logps", ref]
+    return cli("train_align", *args), d
+
+
+# --- non-finite values -------------------------------------------------------------------------
+
+
+def test_nan_reward_is_refused_naming_file_and_line(tiny):
+    recs = read_records(tiny.k4)
+    path = tiny.root / "nan_rewards.jsonl"
+    lines = [json.dumps(r) for r in recs]
+    lines[6] = re.sub(r'"rewards": \[[^,]+,', '"rewards": [NaN,', lines[6])
+    assert "NaN" in lines[6]
+    path.write_text("\n".join(lines) + "\n")
+    proc, d = align_cli(tiny, "nan", path)
+    one_line_error(proc, f"{path}:7", "NaN is not a finite number")
+    assert not (d / "out").exists()
+    one_line_error(cli("precompute_ref", "--reference", tiny.sft, "--data", path,
+                       "--output", tiny.root / "nan_ref.jsonl", "--temp", 0.8, "--max-len", 64,
+                       "--max-gen-len", 24), f"{path}:7")
+
+
+def test_diverging_step_stops_the_run_and_writes_no_checkpoint(tiny):
+    """Finite rewards too large for the loss (r / beta_r overflows): the first step's loss is
+    NaN. The job stops with one line naming the step and the run; no checkpoint is written and
+    train_loss is never logged as 0.0."""
+    recs = read_records(tiny.k4)
+    for r in recs:
+        r["rewards"] = [1e308, -1e308, 0.0, 1.0]
+    path = tiny.root / "huge_rewards.jsonl"
+    write_records(path, recs)
+    proc, d = align_cli(tiny, "diverge", path, max_steps=2, save_every=1)
+    one_line_error(proc, "train_align out", "training loss is nan at optimizer step 1")
+    assert not list((d / "work").glob("ckpt*")) and not (d / "out").exists()
+
+
+def test_non_finite_weights_are_never_sampled(tiny):
+    """A checkpoint whose weights hold NaN (written by some other tool): sampling refuses it
+    naming the tensor, instead of writing " Planet Planet Planet ..."."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tiny.root / "nan_model"
+    make_base(bad)
+    sd = load_file(bad / "model.safetensors")
+    name = sorted(sd)[3]
+    sd[name] = torch.full_like(sd[name], float("nan"))
+    save_file(sd, bad / "model.safetensors", metadata={"format": "pt"})
+    out = tiny.root / "samples_nan.jsonl"
+    proc = cli("sample", "--model", bad, "--input", tiny.k4, "--output", out,
+               "--params", '{"num_return": 1, "max_new_tokens": 4}', "--seed", 0)
+    one_line_error(proc, str(bad), "holds NaN or infinite values")
+    assert not out.exists()
+
+
+# --- readers name what is broken ---------------------------------------------------------------
+
+
+def test_invalid_json_line_names_file_and_line(tiny):
+    path = tiny.root / "bad_line.jsonl"
+    lines = tiny.k4.read_text().splitlines()
+    lines[2] = lines[2][:-5]
+    path.write_text("\n".join(lines) + "\n")
+    proc = cli("precompute_ref", "--reference", tiny.sft, "--data", path,
+               "--output", tiny.root / "x.jsonl", "--temp", 0.8, "--max-len", 64,
+               "--max-gen-len", 24)
+    one_line_error(proc, f"{path}:3: not valid JSON", "delete it")
+
+
+def test_completions_and_rewards_of_other_lengths_name_the_1_based_line(tiny):
+    recs = read_records(tiny.k4)
+    recs[2]["rewards"] = recs[2]["rewards"][:3]
+    path = tiny.root / "short_rewards.jsonl"
+    write_records(path, recs)
+    proc, _ = align_cli(tiny, "short", path)
+    one_line_error(proc, f"{path}:3: 3 rewards for 4 completions")
+
+
+def test_cut_or_edited_reference_cache_is_refused(tiny):
+    text = tiny.cache.read_text()
+    cut = tiny.root / "cut_cache.jsonl"
+    cut.write_text(text[: len(text) // 2])  # mid-line
+    proc, d = align_cli(tiny, "cut", tiny.k4, ref=cut)
+    one_line_error(proc, f"{cut}: content does not match its checksum", "precompute_ref")
+    lines = text.splitlines()
+    shifted = tiny.root / "shifted_cache.jsonl"
+    shifted.write_text("\n".join([lines[0]] + [json.dumps([v + 5 for v in json.loads(x)])
+                                                for x in lines[1:]]) + "\n")
+    proc, d = align_cli(tiny, "shifted", tiny.k4, ref=shifted)
+    one_line_error(proc, f"{shifted}: content does not match its checksum")
+    assert not (d / "out").exists()
+
+
+def test_truncated_safetensors_is_named(tiny):
+    cut = tiny.root / "cut_model"
+    make_base(cut)
+    st = cut / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    proc = cli("sample", "--model", cut, "--input", tiny.k4, "--output", tiny.root / "s.jsonl",
+               "--params", '{"num_return": 1, "max_new_tokens": 4}', "--seed", 0)
+    one_line_error(proc, f"{st}: tensor", "is cut off", "truncated", "delete the folder")
+    st.write_bytes(b"\x05\x00")
+    proc = cli("label_rewards", "--rm", cut, "--input", tiny.k4, "--output", tiny.root / "r.jsonl",
+               "--batch-size", 4, "--max-len", 64, "--max-gen-len", 24)
+    one_line_error(proc, f"{st}: truncated safetensors file")
+
+
+def test_corrupt_metrics_file_names_file_and_line(tmp_path):
+    ok = tmp_path / "ok.json"
+    write_json(ok, {"read": 3})
+    bad = tmp_path / "test.json"
+    bad.write_text('{\n  "read": 3,\n  "kept": \n}\n')
+    proc = cli("data_stats", "--inputs", ok, bad, "--output", tmp_path / "stats.json")
+    one_line_error(proc, f"{bad}:4: not valid JSON")
+
+
+def test_debug_shows_the_traceback(tiny):
+    path = tiny.root / "bad_line_debug.jsonl"
+    path.write_text("{\n")
+    args = ["--reference", tiny.sft, "--data", path, "--output", tiny.root / "y.jsonl",
+            "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24]
+    for proc in (cli("precompute_ref", *args, "--debug"),
+                 cli("precompute_ref", *args, env={"EXOFLOW_DEBUG": "1"})):
+        assert proc.returncode != 0 and "Traceback" in proc.stderr and "RecordError" in proc.stderr
+
+
+# --- checkpoint grid and a clean output folder -------------------------------------------------
+
+
+def test_stale_checkpoints_do_not_survive(tiny):
+    d = tiny.root / "stale"
+    (d / "out" / "ckpt3").mkdir(parents=True)
+    (d / "out" / "ckpt3" / "config.json").write_text("{}")
+    (d / "out" / "notes.txt").write_text("old")
+    proc, d = align_cli(tiny, "stale", tiny.k4, ref=tiny.cache, max_steps=2, save_every=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (d / "out").iterdir()) == ["ckpt1", "ckpt2", "train_metrics.json"]
+
+
+def test_max_steps_not_a_multiple_of_save_every_is_refused(tiny):
+    proc = cli("train_align", "--policy", tiny.sft, "--train", tiny.k4, "--out", tiny.root / "o",
+               "--work-dir", tiny.root / "w", "--log-dir", tiny.root / "l",
+               "--params", json.dumps(dict(align_params().to_dict(), max_steps=5, save_every=4)),
+               "--engine", ENGINE)
+    one_line_error(proc, "max_steps 5 is not a multiple of save_every 4")
+
+
+# --- resume reports the whole run --------------------------------------------------------------
+
+
+def test_kill_9_during_sft_then_rerun_reports_every_step(tmp_path):
+    """SIGKILL the real train_sft CLI once its step-4 checkpoint exists, run it again: the
+    metrics equal an uninterrupted run's, train_loss included (it covered only the steps after
+    the resume)."""
+    train, test = make_data(tmp_path / "data")
+    base = make_base(tmp_path / "base")
+    engine = json.loads(ENGINE) | {"logging_steps": 3, "checkpoint_every": 4}
+    params = json.dumps(tiny_stage(epochs=4))  # 32 steps
+
+    def cmd(name):
+        d = tmp_path / name
+        return [sys.executable, str(SCRIPTS / "train_stage.py"), "--stage", "sft", "--base", str(base), "--train",
+                str(train), "--test", str(test), "--out", str(d / "out"), "--work-dir",
+                str(d / "work"), "--log-dir", str(d / "logs"), "--params", params,
+                "--engine", json.dumps(engine)], d
+
+    c, ref_dir = cmd("uninterrupted")
+    subprocess.run(c, check=True, capture_output=True, timeout=600)
+    c, d = cmd("killed")
+    proc = subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (d / "work" / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint-4 before the end"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (d / "out" / "metrics.json").exists()
+    subprocess.run(c, check=True, capture_output=True, timeout=600)
+    ref, res = read_json(ref_dir / "out" / "metrics.json"), read_json(d / "out" / "metrics.json")
+    assert res["resumed_from"] is not None and res["global_step"] == ref["global_step"] == 32
+    assert [e["step"] for e in res["train_loss_curve"]] == list(range(1, 33))
+    for a, b in zip(res["train_loss_curve"], ref["train_loss_curve"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert res["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
+    assert res["train_loss"] == pytest.approx(
+        sum(e["loss"] for e in res["train_loss_curve"]) / 32, abs=1e-6)
+
+
+# --- shareable outputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_get_the_umask_permissions(tiny, tmp_path, umask):
+    pairs = tmp_path / "pairs.jsonl"
+    write_records(pairs, [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    out = tmp_path / "p2r.jsonl"
+    cli("pref_to_rewards", "--input", pairs, "--output", out, umask=umask, check=True)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- through Snakemake: config validation and safe shell ---------------------------------------
+
+QUICK = {"data": {"synthetic": {"num_train": 40, "num_test": 8}},
+         "sft": {"epochs": 1, "batch_size": 8, "micro_batch_size": 8, "max_steps": 1}}
+
+
+def _write_cfg(wd, **overrides):
+    cfg = json.loads(json.dumps(QUICK))
+    for k, v in overrides.items():
+        cfg.setdefault(k, {}).update(v)
+    (wd / "quick.yaml").write_text(yaml.safe_dump(cfg))
+    return ["--configfile", "configs/tiny.yaml", "quick.yaml"]
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_dry_run_refuses_a_bad_model_init(wf, tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    for init, needles in [(str(empty), ["model.init", str(empty), "no config.json"]),
+                          ("x$(touch PWNED)", ["model.init", "neither an existing local folder"]),
+                          (str(tmp_path / "missing"), ["model.init", "neither"])]:
+        proc = snakemake(wf, "eval_all", "-n", *_write_cfg(wf, model={"init": init}))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and all(n in out for n in needles), out[-3000:]
+    assert not list(wf.rglob("PWNED")) and not list(Path.cwd().glob("PWNED"))
+
+
+def test_dry_run_refuses_a_checkpoint_grid_that_drops_steps(wf):
+    cfg = _write_cfg(wf, align={"defaults": {"max_steps": 5, "save_every": 4}})
+    proc = snakemake(wf, "eval_all", "-n", *cfg)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "align.defaults.max_steps = 5 is not a multiple of align.defaults.save_every = 4" in out
+
+
+def test_rules_quote_every_path(tmp_path):
+    """The workflow under a folder whose name holds a space and $(...), model.init a local
+    checkpoint folder named the same way: SFT (and the data rules before it) run, and nothing
+    is executed from a name."""
+    wd = tmp_path / "work dir $(touch PWNED_WD)"
+    wd.mkdir()
+    copy_workflow(wd)
+    base = make_base(tmp_path / "base model $(touch PWNED_INIT)")
+    cfg = _write_cfg(wd, model={"init": str(base)})
+    proc = snakemake(wd, "results/tiny/models/sft/config.json", "results/tiny/data/p2r/test.jsonl",
+                     *cfg)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert read_json(wd / "results/tiny/models/sft/metrics.json")["global_step"] == 1
+    pwned = [p for p in tmp_path.rglob("PWNED*")] + list(Path.cwd().glob("PWNED*"))
+    assert not pwned, pwned
+
+
+def test_a_failed_job_shows_its_one_line_on_the_terminal(wf):
+    """profiles/default (picked up by itself) prints the failed job's log: the one-line error
+    reaches the terminal, not only 'check log file(s)'."""
+    cfg = _write_cfg(wf, data={"source": "local", "path": "/nonexistent/hh"})
+    proc = snakemake(wf, "results/tiny/data/pref/train.jsonl", *cfg)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "error: " in out and "/nonexistent/hh" in out, out[-3000:]

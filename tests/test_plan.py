@@ -1,0 +1,121 @@
+"""The workflow's plan, tested without Snakemake or torch (issue 11)."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exoflow.plan import Plan, rule_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merged(*overlays):
+    """config.yaml with overlays merged as Snakemake does (dicts key by key)."""
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for o in overlays:
+        cfg = merge(cfg, copy.deepcopy(o))
+    return cfg
+
+
+TINY = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+
+
+def test_no_torch_or_snakemake_import():
+    code = ("import sys, exoflow.plan, exoflow.codehash, exoflow.config_check; "
+            "print(sorted(m for m in ('torch', 'snakemake', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_runs_params_and_checkpoints():
+    plan = Plan(merged(TINY))
+    assert plan.align_runs() == ["exo-rw_nc2", "dpo-rw_nc2", "exo-pref_nc2", "dpo-pref_nc2"]
+    p = plan.run_params("exo-pref_nc2")
+    assert (p["loss"], p["data"], p["max_steps"], p["save_every"]) == ("exo-pref", "p2r", 60, 20)
+    assert plan.num_checkpoints("exo-rw_nc2") == 3
+    assert plan.checkpoint_steps("exo-rw_nc2") == [20, 40, 60]
+    assert plan.ckpt_step("exo-rw_nc2", 2) == 40 and plan.ckpt_step("sft", 0) == 0
+    assert plan.align_data("dpo-rw_nc2") == "results/tiny/data/rm_labels/train.jsonl"
+    assert plan.align_ckpt_configs("dpo-rw_nc2")[-1] == \
+        "results/tiny/models/align/dpo-rw_nc2/ckpt3/config.json"
+    paper = Plan(merged())
+    assert paper.checkpoint_steps("exo-rw_nc2") == list(range(9, 181, 9))
+
+
+def test_one_runs_override_stays_its_own():
+    plan = Plan(merged(TINY, {"align": {"runs": {"exo-rw_nc2": {"loss": "exo-rw",
+                                                                "data": "rm_labels",
+                                                                "save_every": 30}}}}))
+    assert plan.checkpoint_steps("exo-rw_nc2") == [30, 60]
+    assert plan.checkpoint_steps("dpo-rw_nc2") == [20, 40, 60]
+
+
+def test_ckpt_model_refuses_checkpoints_that_do_not_exist():
+    plan = Plan(merged(TINY))
+    assert plan.ckpt_model("sft", 0) == "results/tiny/models/sft/config.json"
+    assert plan.ckpt_model("exo-rw_nc2", 3).endswith("exo-rw_nc2/ckpt3/config.json")
+    with pytest.raises(ValueError, match="ckpt1..ckpt3"):
+        plan.ckpt_model("exo-rw_nc2", 4)
+    with pytest.raises(ValueError, match="checkpoint 0 only"):
+        plan.ckpt_model("sft", 1)
+
+
+def test_reference_cache_name_gives_back_the_float():
+    plan = Plan(merged(TINY, {"align": {"defaults": {"temp": 0.1}}}))
+    name = plan.ref_cache_name("exo-rw_nc2")
+    assert name == "rm_labels_t0.1_l256_g64.jsonl"
+    assert float(name.split("_t")[1].split("_l")[0]) == 0.1
+    assert plan.ref_cache_inputs("exo-pref_nc2") == [
+        "results/tiny/data/ref_logps/p2r_t0.1_l256_g64.jsonl"]
+    off = Plan(merged(TINY, {"align": {"precompute_ref": False}}))
+    assert off.ref_cache_inputs("exo-rw_nc2") == []
+
+
+def test_data_params_per_split():
+    plan = Plan(merged(TINY, {"data": {"max_train": 10, "max_test": 5}}))
+    train, test = plan.data_params("train"), plan.data_params("test")
+    assert train["max_train"] == 10 and "max_test" not in train
+    assert test["max_test"] == 5 and "max_train" not in test
+    assert "num_test" not in train["synthetic"] and "num_train" not in test["synthetic"]
+    local = Plan(merged({"data": {"source": "local", "path": "/x"}}))
+    assert "synthetic" not in local.data_params("train")
+
+
+def test_eval_targets():
+    plan = Plan(merged(TINY))
+    targets = plan.eval_all_targets()
+    assert targets[:4] == ["results/tiny/summary.csv", "results/tiny/summary.png",
+                           "results/tiny/eval/sft/ckpt0/reward.json",
+                           "results/tiny/eval/dataset/reward.json"]
+    assert len(targets) == 4 + 4 * 3
+    two = Plan(merged(TINY, {"eval": {"checkpoints": 2}}))
+    assert two.eval_checkpoints("exo-rw_nc2") == [1, 2]
+    assert "checkpoints" not in two.eval_sample_params()
+    assert "score_batch_size" not in two.eval_sample_params()
+
+
+def test_launcher_and_gpu_prefix():
+    assert Plan(merged(TINY), python="py").train_launcher() == "py"
+    plan = Plan(merged({"engine": {"gpus": 4}}), python="'/a b/python'")
+    assert plan.train_launcher() == \
+        "'/a b/python' -m torch.distributed.run --standalone --nproc_per_node 4"
+    assert plan.gpu_prefix(1) == "'/a b/python' -m exoflow.gpus run --n 1 -- "
+    assert plan.engine_params()["dtype"] == "bf16" and plan.engine_params()["seed"] == 42
+    assert plan.ref_engine_params() == {"deepspeed": "configs/deepspeed/zero2.json", "gpus": 1,
+                                        "dtype": "bf16"}
+
+
+def test_rule_names_and_reserved_runs():
+    assert rule_name("train_align", "exo-rw_nc2") == "train_align_exo_rw_nc2"
+    assert rule_name("train_align", "a.b c") == "train_align_a_b_c"
+    with pytest.raises(ValueError, match="reserved"):
+        Plan(merged(TINY, {"align": {"runs": {"sft": {"loss": "exo-rw", "data": "rm_labels"}}}}))
