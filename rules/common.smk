@@ -1,5 +1,6 @@
 # Validation, path helpers and input functions; the plan itself (runs, checkpoints, file
 # names, GPU prefixes) is exoflow.plan, unit-tested without Snakemake.
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from exoflow.config_check import check_config
 from exoflow.plan import Plan, as_json, rule_name
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# set_default=False: the schema's defaults describe the dataclasses' (tests/test_schema.py); filled
+# into align.runs entries they would override align.defaults.
+validate(config, schema="../schemas/config.schema.yaml", set_default=False)
 check_config(config)  # what the schema cannot say: model.init's folder, the checkpoint grid
 
 

@@ -333,3 +333,22 @@ def test_a_failed_job_shows_its_one_line_on_the_terminal(wf):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "error: " in out and "/nonexistent/hh" in out, out[-3000:]
+
+
+def test_run_params_reaching_the_scripts_are_the_configs_own(wf):
+    """The JSON a training rule passes is align.defaults updated with the run's entry, nothing
+    else: Snakemake's validation must not fill the schema's defaults into the run entries,
+    where they would override align.defaults (max_len 512 instead of the tiny preset's 256)."""
+    proc = snakemake(wf, "results/tiny/models/align/exo-rw_nc2/train_metrics.json", "-n", "-p",
+                     "--forceall", "--configfile", "configs/tiny.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    m = re.search(r"train_align\.py .*?--params '(\{[^']*\})'", out)
+    assert m, out[-3000:]
+    tiny = yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["align"]
+    assert json.loads(m.group(1)) == {**yaml.safe_load((wf / "config.yaml").read_text())[
+        "align"]["defaults"], **tiny["defaults"], **tiny["runs"]["exo-rw_nc2"]}
+    m = re.search(r"train_stage\.py --stage sft .*?--params '(\{[^']*\})'", out)
+    assert json.loads(m.group(1)) == {
+        **yaml.safe_load((wf / "config.yaml").read_text())["sft"],
+        **yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["sft"]}
