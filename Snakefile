@@ -22,6 +22,7 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/align.smk"
 include: "rules/eval.smk"
+include: "rules/study.smk"
 
 
 rule all:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ExoflowError
 from .modeling import ModelLoadError, check_model_dir
+from .plan import Plan
 
 __all__ = ["ConfigError", "check_config", "check_model_init"]
 
@@ -45,16 +46,49 @@ def check_model_init(init: str) -> str:
                       "or scratch")
 
 
+def check_runs(config: dict) -> None:
+    """Every run (explicit, or a point of an align.grid sweep) resolves to valid parameters,
+    and the run set, its seeds and the study's comparisons are consistent."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" /
+                             "config.schema.yaml").read_text())
+    try:
+        plan = Plan(config)
+        confs = plan.configurations()
+        plan.runs()
+        plan.comparisons()
+        plan.eval_split()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not confs:
+        raise ConfigError("align: no runs (align.runs, align.grid and align.only give none)")
+    sub = dict(schema["definitions"]["align_params"], required=["loss", "data"],
+               definitions=schema["definitions"])
+    defaults = (config.get("align") or {}).get("defaults") or {}
+    for name, entry in confs.items():
+        errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(dict(defaults, **entry)),
+                        key=str)
+        if errors:
+            e = errors[0]
+            key = ".".join(map(str, e.absolute_path)) or "(run)"
+            raise ConfigError(f"align run {name!r}: {key}: {e.message}")
+
+
 def check_config(config: dict) -> None:
     """All the checks of this module on a validated config (ConfigError on the first)."""
     check_model_init(str(config["model"]["init"]))
+    check_runs(config)
     align = config.get("align") or {}
     defaults = align.get("defaults") or {}
-    for run, entry in (align.get("runs") or {}).items():
-        p = dict(defaults, **(entry or {}))
+    explicit = align.get("runs") or {}
+    for run, entry in Plan(config).configurations().items():
+        p = dict(defaults, **entry)
         steps, every = p.get("max_steps"), p.get("save_every")
         if steps is not None and every and steps % every:
-            keys = [f"align.runs.{run}.{k}" if k in (entry or {}) else f"align.defaults.{k}"
+            where = f"align.runs.{run}" if run in explicit else f"align.grid run {run}"
+            keys = [f"{where}.{k}" if k in entry else f"align.defaults.{k}"
                     for k in ("max_steps", "save_every")]
             raise ConfigError(
                 f"{keys[0]} = {steps} is not a multiple of {keys[1]} = {every}: the steps after "

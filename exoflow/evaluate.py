@@ -11,13 +11,21 @@ same seed for every checkpoint, see ``exoflow.sampling``):
   checkpoint's reward is higher, 0.5 on a tie, else 0. Two identical texts tie whatever
   their scores (so the SFT model against itself is exactly 0.5, even where batching
   moves a reward in its last bits).
-* **KL(pi || pi_SFT)**: the mean over the checkpoint's own samples of
-  ``log pi(y|x) - log pi_SFT(y|x)`` (``logps.text_logps`` at temperature 1, EOS
-  appended, the whole re-tokenised completion; the prompt keeps the ``eval.max_len``
-  tokens it had when sampling). A checkpoint folder equal to the SFT folder gets exactly 0
-  without a forward pass. The samples are drawn at ``eval.temperature`` (0.8), so this is
-  the paper's estimator rather than an unbiased KL(pi || pi_SFT) at temperature 1: it can
-  come out negative, notably for checkpoints that barely moved.
+* **KL(pi || pi_SFT)**, two ways, on the checkpoint's own samples:
+
+  - ``kl_exact``: the exact per-token KL over the whole vocabulary at the sampling temperature,
+    ``sum_t KL(pi_tau(.|x, y<t) || pi_SFT,tau(.|x, y<t))``, summed along each sample
+    (``logps.model_pair_stats``): its mean is an unbiased, non-negative, low-variance estimate
+    of the sequence-level KL between the tempered policies (tested against brute-force
+    enumeration in tests/test_kl.py);
+  - ``kl``: the original scripts' estimator, the mean of ``log pi(y|x) - log pi_SFT(y|x)`` at
+    temperature 1 on samples drawn at ``eval.temperature``: not a KL of anything the samples
+    are drawn from, and it can come out negative, notably for checkpoints that barely moved.
+    Kept for comparison with the paper.
+
+  Both on the whole re-tokenised completion with EOS appended; the prompt keeps the
+  ``eval.max_len`` tokens it had when sampling. A checkpoint folder equal to the SFT folder
+  gets exactly 0 without a forward pass.
 * **length**: mean response length in tokens (the SFT tokenizer, no truncation) and in
   characters: the real-HH RM is close to "shorter answer wins", so length is reported
   beside every reward.
@@ -30,13 +38,15 @@ same seed for every checkpoint, see ``exoflow.sampling``):
      "reward": {mean, std, count, ci95_low, ci95_high},
      "sft_reward": {...},            # the SFT samples' RM reward on the same prompts
      "win_rate", "win": {...},       # the mean of the pair scores, and their summary
-     "kl", "kl_terms": {...},        # the KL estimate and the summary of the terms
+     "kl", "kl_terms": {...},        # the log-ratio estimate and the summary of its terms
+     "kl_exact",                     # the mean exact per-token KL
      "length_tokens", "length_chars",
      "gold": {...}, "gold_win_rate"  # synthetic source only
     }
 
 and ``rewards.jsonl`` beside it holds one record per prompt: ``prompt``, ``completions``,
-``rewards``, ``sft_rewards``, ``wins``, ``logps``, ``sft_logps``, ``lengths`` (tokens) and,
+``rewards``, ``sft_rewards``, ``wins``, ``logps``, ``sft_logps``, ``kl_exact``, ``lengths``
+(tokens) and,
 with gold, ``gold`` and ``sft_gold``.
 
 The dataset reference (``eval/dataset/reward.json``) scores the dataset's own chosen and
@@ -69,7 +79,7 @@ from typing import Any
 
 from .errors import ParamsError, check_finite
 from .io import RecordError, iter_records, read_numbered, write_json, write_records
-from .logps import text_logps
+from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
 from .rewards import load_scorer, score_texts, summarize_rewards
 from .synthetic import gold_rewards
@@ -81,11 +91,13 @@ class EvalParams:
 
     max_len: int = 512
     score_batch_size: int = 32
+    temperature: float = 0.8
     rm_max_len: int = 512
     rm_max_gen_len: int = 200
 
     # Keys of the eval section that belong to sampling or to the workflow.
-    TOLERATED = frozenset({"num_return", "temperature", "top_k", "max_new_tokens", "batch_size",
+    TOLERATED = frozenset({"num_return", "top_k", "max_new_tokens", "batch_size",
+                           "val_prompts", "select_by",
                            "num_prompts", "checkpoints"})
 
     @classmethod
@@ -106,9 +118,11 @@ class EvalParams:
             raise ParamsError(f"unknown eval parameter(s) {unknown}; valid: {sorted(names)} "
                              f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
         p = cls(**{k: v for k, v in d.items() if k in names})
-        for name in names:
+        for name in names - {"temperature"}:
             if int(getattr(p, name)) < 1:
                 raise ParamsError(f"eval {name} must be >= 1, got {getattr(p, name)}")
+        if not p.temperature >= 0:
+            raise ParamsError(f"eval temperature must be >= 0, got {p.temperature}")
         return p
 
 
@@ -214,6 +228,7 @@ def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int)
         "sft_reward": summarize_rewards(_flat(sft_rewards)),
         "win_rate": statistics.fmean(wins), "win": summarize_rewards(wins),
         "kl": statistics.fmean(kls), "kl_terms": summarize_rewards(kls),
+        "kl_exact": summarize_rewards(_flat([r["kl_exact"] for r in records]))["mean"],
         "length_tokens": statistics.fmean(_flat([r["lengths"] for r in records])),
         "length_chars": statistics.fmean(len(c) for c in _flat(texts)),
     }
@@ -250,6 +265,24 @@ def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device
     print(f"log-probs of {sum(map(len, completions))} samples under {model_dir} "
           f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     del model
+    return out
+
+
+def _pair_stats(policy_dir, sft_dir, prompts, completions, params: EvalParams, dtype, device,
+                max_gen_len: int):
+    """(log π, log π_SFT, exact per-token KL at the sampling temperature) of every sample, with
+    both models in memory and one forward of each per batch."""
+    tok = load_tokenizer(str(policy_dir), padding_side="right")
+    policy = load_causal_lm(str(policy_dir), dtype=dtype).to(_device(device)).eval()
+    sft = load_causal_lm(str(sft_dir), dtype=dtype).to(_device(device)).eval()
+    t0 = time.perf_counter()
+    out = text_pair_stats(policy, sft, tok, prompts, completions,
+                          max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
+                          batch_size=params.score_batch_size,
+                          kl_temperature=params.temperature or 1.0)
+    print(f"log-probs and exact KL of {sum(map(len, completions))} samples under {policy_dir} "
+          f"and {sft_dir} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    del policy, sft
     return out
 
 
@@ -292,11 +325,13 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
     # Whole completions: a decoded sample can re-encode to more tokens than were generated,
     # and cutting it would score a different text (with an EOS where there was none).
     gen_len = max(1, max(_flat(lengths), default=1))
-    logps = _lm_logps(policy_dir, prompts, completions, params, dtype, device, gen_len)
     if _same_folder(policy_dir, sft_dir):
+        logps = _lm_logps(policy_dir, prompts, completions, params, dtype, device, gen_len)
         sft_logps = [list(x) for x in logps]
+        kl_exact = [[0.0] * len(x) for x in logps]
     else:
-        sft_logps = _lm_logps(sft_dir, prompts, completions, params, dtype, device, gen_len)
+        logps, sft_logps, kl_exact = _pair_stats(policy_dir, sft_dir, prompts, completions,
+                                                 params, dtype, device, gen_len)
 
     rm, rm_tok = load_scorer(rm_dir, dtype, _device(device))
     t0 = time.perf_counter()
@@ -313,7 +348,8 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
     for i, p in enumerate(prompts):
         rec = {"prompt": p, "completions": completions[i], "sft_completions": sft_completions[i],
                "rewards": rewards[i], "sft_rewards": sft_rewards[i], "wins": wins[i],
-               "logps": logps[i], "sft_logps": sft_logps[i], "lengths": lengths[i]}
+               "logps": logps[i], "sft_logps": sft_logps[i], "kl_exact": kl_exact[i],
+               "lengths": lengths[i]}
         records.append(rec)
     if gold:
         g, sg = _gold(prompts, completions), _gold(prompts, sft_completions)

@@ -13,7 +13,8 @@ from torch import Tensor
 from .align_data import pad_candidates
 from .batching import encode_pair, length_sorted_batches
 
-__all__ = ["model_response_logps", "response_logps", "text_logps"]
+__all__ = ["model_pair_stats", "model_response_kl", "model_response_logps", "response_logps",
+           "text_logps", "text_pair_stats"]
 
 # Positions processed per chunk are capped so that a chunk of fp32 logits stays under
 # about this many elements (2**26 floats = 256 MiB).
@@ -141,13 +142,110 @@ def model_response_logps(
                             temperature, chunk_size, out)
 
 
+def _kept(loss_mask: Tensor, temperature: float):
+    """(keep (B, T) bool: positions whose logits predict a response token, rows, cols,
+    weights) of a batch."""
+    b, t = loss_mask.shape
+    _check_mask_and_temperature(loss_mask, temperature)
+    keep = torch.zeros(b, t, dtype=torch.bool, device=loss_mask.device)
+    keep[:, :-1] = loss_mask[:, 1:] != 0
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major, the order of hidden_states[keep]
+    return keep, rows, cols, loss_mask[:, 1:][rows, cols].float()
+
+
+def _kept_logits(model, input_ids, attention_mask, keep) -> Tensor:
+    z = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+              logits_to_keep=keep).logits
+    return (z[keep] if z.dim() == 3 else z).float()  # (n, V)
+
+
+def _kl_rows(zp: Tensor, zq: Tensor, temperature: float) -> Tensor:
+    lp = torch.log_softmax(zp / temperature, dim=-1)
+    lq = torch.log_softmax(zq / temperature, dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)  # clamp: rounding just below 0
+
+
+def model_response_kl(policy, reference, input_ids: Tensor, attention_mask: Tensor,
+                      loss_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Σ_t mask[t] · KL(softmax(z_π[t−1] / τ) ‖ softmax(z_ref[t−1] / τ)) for each sequence (B,):
+    the exact per-token KL over the whole vocabulary at every position that predicts a response
+    token, summed along the sequence.
+
+    Along samples drawn from π at temperature τ, its mean is an unbiased estimate of the
+    sequence-level KL(π_τ ‖ π_ref,τ) (the chain rule), non-negative by construction and of much
+    lower variance than the mean of log π(y) − log π_ref(y). Both models run with the LM head
+    applied only at the kept positions (as :func:`model_response_logps`); fp32 whatever the
+    models' dtype.
+    """
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must be (B, T) = "
+                         f"{tuple(input_ids.shape)}")
+    keep, rows, _, weights = _kept(loss_mask, temperature)
+    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    if rows.numel() == 0:
+        return out
+    kl = _kl_rows(_kept_logits(policy, input_ids, attention_mask, keep),
+                  _kept_logits(reference, input_ids, attention_mask, keep), temperature)
+    return out.index_add(0, rows, kl * weights)
+
+
+def model_pair_stats(policy, reference, input_ids: Tensor, attention_mask: Tensor,
+                     loss_mask: Tensor, kl_temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log π(y|x), log π_ref(y|x), exact KL)`` per sequence (B,) from one forward of each
+    model: the summed log-probs at temperature 1 (the original scripts' KL estimator is their
+    difference) and :func:`model_response_kl` at ``kl_temperature`` (the sampling one)."""
+    keep, rows, cols, weights = _kept(loss_mask, kl_temperature)
+    b = input_ids.shape[0]
+    outs = [torch.zeros(b, dtype=torch.float32, device=input_ids.device) for _ in range(3)]
+    if rows.numel() == 0:
+        return tuple(outs)
+    zp = _kept_logits(policy, input_ids, attention_mask, keep)
+    zq = _kept_logits(reference, input_ids, attention_mask, keep)
+    targets = input_ids[:, 1:][rows, cols]
+    for out, z in zip(outs[:2], (zp, zq)):
+        tok = torch.log_softmax(z, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+        out.index_add_(0, rows, tok * weights)
+    outs[2].index_add_(0, rows, _kl_rows(zp, zq, kl_temperature) * weights)
+    return tuple(outs)
+
+
+def _over_texts(tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
+                score, progress, desc, n_out: int = 1):
+    """``score(batch)``, a (S,) tensor or a tuple of ``n_out`` of them, over every (prompt,
+    completion) in the alignment layout, in length-sorted right-padded batches; each result
+    has the shape of ``completions`` (a tuple of them when ``n_out`` > 1)."""
+    from tqdm.auto import tqdm
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
+    flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
+    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True)
+             for i, c in flat]
+    values = [[0.0] * len(items) for _ in range(n_out)]
+    for idx in tqdm(length_sorted_batches([len(x) for x in items], batch_size),
+                    desc=desc, unit="batch", disable=not progress):
+        b = {k: v.to(device) for k, v in
+             pad_candidates([items[k] for k in idx], tokenizer.pad_token_id).items()}
+        got = score(b)
+        for vals, t in zip(values, got if n_out > 1 else (got,)):
+            for k, v in zip(idx, t.tolist()):
+                vals[k] = float(v)
+    outs = []
+    for vals in values:
+        out: list[list[float]] = [[] for _ in completions]
+        for (i, _), v in zip(flat, vals):
+            out[i].append(v)
+        outs.append(out)
+    return tuple(outs) if n_out > 1 else outs[0]
+
+
 def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]],
                max_len: int, max_gen_len: int, batch_size: int, temperature: float = 1.0,
                amp_dtype=None, progress: bool = False,
                desc: str = "log-probs") -> list[list[float]]:
     """Summed log-prob of each completion given its prompt, EOS included: the one function
     behind the reference log-prob cache (:mod:`exoflow.refcache`, at the alignment τ) and the
-    KL of the evaluation (:mod:`exoflow.evaluate`, at τ = 1).
+    log-ratio KL estimate of the evaluation (:mod:`exoflow.evaluate`, at τ = 1).
 
     The alignment token layout (:func:`exoflow.align_data.encode_align`: response
     right-truncated to ``max_gen_len``, prompt left-truncated to fit ``max_len``); only response
@@ -157,31 +255,33 @@ def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]
     ``torch.bfloat16``, autocasts the forward as mixed-precision training does). The result
     has the shape of ``completions``; the model's train/eval mode is restored.
     """
-    from tqdm.auto import tqdm
-
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
-    flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
-    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True)
-             for i, c in flat]
-    values = [0.0] * len(items)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
                                                     enabled=amp_dtype is not None):
-            for idx in tqdm(length_sorted_batches([len(x) for x in items], batch_size),
-                            desc=desc, unit="batch", disable=not progress):
-                b = {k: v.to(device) for k, v in
-                     pad_candidates([items[k] for k in idx], tokenizer.pad_token_id).items()}
-                lp = model_response_logps(model, b["input_ids"], b["attention_mask"],
-                                          b["loss_mask"], temperature)
-                for k, v in zip(idx, lp.tolist()):
-                    values[k] = float(v)
+            return _over_texts(
+                tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
+                lambda b: model_response_logps(model, b["input_ids"], b["attention_mask"],
+                                               b["loss_mask"], temperature), progress, desc)
     finally:
         model.train(was_training)
-    out: list[list[float]] = [[] for _ in completions]
-    for (i, _), v in zip(flat, values):
-        out[i].append(v)
-    return out
+
+
+def text_pair_stats(policy, reference, tokenizer, prompts: list[str],
+                    completions: list[list[str]], max_len: int, max_gen_len: int,
+                    batch_size: int, kl_temperature: float = 1.0, progress: bool = False
+                    ) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """:func:`model_pair_stats` of each completion given its prompt (the layout of
+    :func:`text_logps`): (log π, log π_ref, exact KL at ``kl_temperature``), each shaped like
+    ``completions``."""
+    device = next(policy.parameters()).device
+    policy.eval()
+    reference.eval()
+    with torch.inference_mode():
+        return _over_texts(
+            tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
+            lambda b: model_pair_stats(policy, reference, b["input_ids"], b["attention_mask"],
+                                       b["loss_mask"], kl_temperature),
+            progress, "log-probs and exact KL", n_out=3)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import gpus
 
-__all__ = ["Plan", "as_json", "rule_name"]
+__all__ = ["Plan", "as_json", "expand_grid", "rule_name"]
 
 SPLITS = ("train", "test")
 RESERVED_RUNS = ("sft", "dataset")  # eval/sft/ckpt0 is the SFT model, eval/dataset the data
@@ -30,6 +30,46 @@ def rule_name(prefix: str, run: str) -> str:
     """``<prefix>_<run>`` with the characters a rule name cannot hold replaced by ``_``:
     ``rule_name("train_align", "exo-rw_nc2") == "train_align_exo_rw_nc2"``."""
     return prefix + "_" + re.sub(r"\W", "_", run)
+
+
+def expand_grid(sweep: dict, where: str) -> list[tuple[str, dict]]:
+    """``[(name, entry)]`` of one ``align.grid`` sweep: every combination of its list values
+    (in the order the keys are given, the last varying fastest), named by its ``name``
+    template (``"{loss}_nc{num_contrastive}"``) filled with the combination's values.
+
+    >>> expand_grid({"name": "{loss}_nc{num_contrastive}", "data": "rm_labels",
+    ...              "loss": ["exo-rw", "dpo-rw"], "num_contrastive": [2, 4]}, "g")[1]
+    ('exo-rw_nc4', {'data': 'rm_labels', 'loss': 'exo-rw', 'num_contrastive': 4})
+    """
+    import itertools
+
+    sweep = dict(sweep)
+    template = sweep.pop("name", None)
+    if not template:
+        raise ValueError(f"{where}: give a name template, e.g. name: '{{loss}}_nc{{num_contrastive}}'")
+    keys = list(sweep)
+    values = [v if isinstance(v, list) else [v] for v in sweep.values()]
+    swept = [k for k, v in sweep.items() if isinstance(v, list) and len(v) > 1]
+    missing = [k for k in swept if "{" + k + "}" not in template]
+    if missing:
+        raise ValueError(f"{where}: the name template {template!r} leaves out the swept key(s) "
+                         f"{missing}, so runs would share a name")
+    out, seen = [], {}
+    for combo in itertools.product(*values):
+        entry = dict(zip(keys, combo))
+        try:
+            name = template.format(**entry)
+        except KeyError as e:
+            raise ValueError(f"{where}: name template {template!r} names {e}, which is not a "
+                             "key of the sweep") from None
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise ValueError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' and "
+                             "'-' only")
+        if name in seen:
+            raise ValueError(f"{where}: {seen[name]} and {entry} both get the name {name!r}")
+        seen[name] = entry
+        out.append((name, entry))
+    return out
 
 
 def _regex(names) -> str:
@@ -117,14 +157,86 @@ class Plan:
         return gpus.prefix(n, self.python)
 
     # ---- alignment runs ------------------------------------------------------------------------
+    #
+    # A *configuration* is a named set of run parameters: an entry of ``align.runs``, or one
+    # point of an ``align.grid`` sweep. A *run* is a configuration trained with one seed of
+    # ``align.seeds``: ``<configuration>`` for the top-level ``seed``, ``<configuration>_s<seed>``
+    # for any other, so that adding a seed renames (and re-runs) nothing that exists.
+
+    def seeds(self) -> list[int]:
+        """``align.seeds`` (default: the top-level seed alone), in config order."""
+        seeds = self.config["align"].get("seeds") or [self.config["seed"]]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"align.seeds: {seeds} repeats a seed")
+        return [int(x) for x in seeds]
+
+    def configurations(self) -> dict[str, dict]:
+        """{configuration: its entry (overrides of align.defaults)}: ``align.runs`` then every
+        ``align.grid`` sweep expanded, restricted to ``align.only`` when given (that list is the
+        exact set, in its order, replacing whatever the extended config files define)."""
+        if getattr(self, "_configs", None) is not None:
+            return self._configs
+        a = self.config["align"]
+        out = {name: dict(entry or {}) for name, entry in (a.get("runs") or {}).items()}
+        defaults = a.get("defaults") or {}
+        resolved = lambda e: dict(defaults, **e)  # noqa: E731
+        for n, sweep in enumerate(a.get("grid") or []):
+            for name, entry in expand_grid(sweep, f"align.grid[{n}]"):
+                if name in out and resolved(out[name]) != resolved(entry):
+                    raise ValueError(f"align.grid[{n}]: run name {name!r} is already defined "
+                                     f"with other parameters ({out[name]} vs {entry}); change "
+                                     "the name template")
+                out.setdefault(name, entry)
+        only = a.get("only")
+        if only:
+            missing = [r for r in only if r not in out]
+            if missing:
+                raise ValueError(f"align.only: {missing} are not runs of align.runs or "
+                                 f"align.grid (those are {sorted(out)})")
+            out = {r: out[r] for r in only}
+        self._configs = out
+        return out
+
+    def run_name(self, configuration: str, seed: int) -> str:
+        return configuration if int(seed) == int(self.config["seed"]) else \
+            f"{configuration}_s{int(seed)}"
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """``[(run, configuration, seed)]``: every configuration with every seed, configuration
+        by configuration."""
+        out = [(self.run_name(c, s), c, s) for c in self.configurations() for s in self.seeds()]
+        names = [r for r, _, _ in out]
+        clash = sorted({r for r in names if names.count(r) > 1})
+        if clash:
+            raise ValueError(f"align: runs {clash} are defined twice (a configuration named "
+                             "like another's seed run?); rename it")
+        return out
 
     def align_runs(self) -> list[str]:
-        """The alignment run names, in config order."""
-        return list(self.config["align"]["runs"])
+        """The alignment run names, configuration by configuration, seed by seed."""
+        return [r for r, _, _ in self.runs()]
+
+    def run_seed(self, run: str) -> int:
+        return self._run(run)[2]
+
+    def run_configuration(self, run: str) -> str:
+        return self._run(run)[1]
+
+    def _run(self, run):
+        for r in self.runs():
+            if r[0] == run:
+                return r
+        raise KeyError(f"no alignment run {run!r}; the runs are {self.align_runs()}")
 
     def run_params(self, run: str) -> dict:
-        """A run's resolved parameters: ``align.defaults`` updated with its entry."""
-        return dict(self.config["align"]["defaults"], **self.config["align"]["runs"][run])
+        """A run's resolved parameters: ``align.defaults`` updated with its configuration's
+        entry (its seed is the engine's, :meth:`run_engine_params`)."""
+        conf = self.configurations()[self.run_configuration(run)]
+        return dict(self.config["align"]["defaults"], **conf)
+
+    def run_engine_params(self, run: str) -> dict:
+        """:meth:`engine_params` with the run's seed."""
+        return dict(self.engine_params(), seed=self.run_seed(run))
 
     def num_checkpoints(self, run: str) -> int:
         p = self.run_params(run)
@@ -207,12 +319,12 @@ class Plan:
     def eval_sample_params(self) -> dict:
         """The eval section as sample.py takes it (without the keys that do not change
         samples)."""
-        drop = ("checkpoints", "score_batch_size")
+        drop = ("checkpoints", "score_batch_size", "val_prompts", "select_by")
         return {k: v for k, v in self.config["eval"].items() if k not in drop}
 
     def eval_score_params(self) -> dict:
         """The sizes of the scoring and log-prob passes of eval_checkpoint."""
-        keys = ("max_len", "score_batch_size")
+        keys = ("max_len", "score_batch_size", "temperature")
         return {k: self.config["eval"][k] for k in keys if k in self.config["eval"]}
 
     def eval_num_prompts_arg(self) -> str:
@@ -220,13 +332,37 @@ class Plan:
         return f"--num-prompts {int(n)}" if n else ""
 
     def eval_run_meta(self) -> str:
-        """``{run: {loss, data, num_contrastive}}`` in config order (JSON), for the summary."""
+        """``{run: {configuration, seed, loss, data, num_contrastive}}`` in config order (JSON),
+        for the summary and the study."""
         meta = {}
-        for run in self.align_runs():
+        for run, conf, seed in self.runs():
             p = self.run_params(run)
-            meta[run] = {"loss": p["loss"], "data": p["data"],
-                         "num_contrastive": p.get("num_contrastive", 2)}
+            meta[run] = {"configuration": conf, "seed": seed, "loss": p["loss"],
+                         "data": p["data"], "num_contrastive": p.get("num_contrastive", 2)}
         return json.dumps(meta, separators=(",", ":"))  # not as_json: keep the run order
+
+    def eval_split(self) -> dict:
+        """How the evaluated test prompts are split: the first ``eval.val_prompts`` pick each
+        run's checkpoint (by ``eval.select_by``), the others report it."""
+        e = self.config["eval"]
+        n, v = e.get("num_prompts"), int(e.get("val_prompts") or 0)
+        if n is not None and v >= int(n):
+            raise ValueError(f"eval.val_prompts = {v} leaves no report prompt of "
+                             f"eval.num_prompts = {n}")
+        return {"val_prompts": v, "select_by": e.get("select_by", "reward")}
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """``study.compare``: pairs of configurations ``[a, b]`` (the difference a - b)."""
+        confs = self.configurations()
+        out = []
+        for pair in (self.config.get("study") or {}).get("compare") or []:
+            a, b = pair
+            for c in (a, b):
+                if c not in confs:
+                    raise ValueError(f"study.compare: {c!r} is not a configuration "
+                                     f"(those are {sorted(confs)})")
+            out.append((a, b))
+        return out
 
     # ---- targets -------------------------------------------------------------------------------
 
@@ -244,6 +380,14 @@ class Plan:
         """Every run's checkpoints and train_metrics.json."""
         return [f for run in self.align_runs()
                 for f in [*self.align_ckpt_configs(run), self.align_metrics(run)]]
+
+    def eval_rewards_targets(self) -> list[str]:
+        """Every run's per-prompt evaluation records (what the summary and the study read)."""
+        return [self.res(f"eval/{run}/ckpt{k}/rewards.jsonl")
+                for run in self.align_runs() for k in self.eval_checkpoints(run)]
+
+    def study_targets(self) -> list[str]:
+        return [self.res(f"study/{n}") for n in ("study.csv", "compare.csv", "study.png")]
 
     def eval_checkpoint_targets(self) -> list[str]:
         return [self.res(f"eval/{run}/ckpt{k}/reward.json")

@@ -71,7 +71,7 @@ class SampleParams:
     num_prompts: int | None = None
 
     # Keys of the config sections that belong to other stages (scoring, eval bookkeeping).
-    TOLERATED = frozenset({"score_batch_size", "checkpoints"})
+    TOLERATED = frozenset({"score_batch_size", "checkpoints", "val_prompts", "select_by"})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SampleParams":

@@ -1,41 +1,58 @@
-"""One table and one figure from every evaluated checkpoint.
+"""One table and one figure from every evaluated checkpoint, on the report prompts.
+
+The evaluated test prompts are split (``eval.val_prompts``): the first ones (*validation*) pick
+each run's checkpoint by ``eval.select_by`` (RM reward, gold reward or win rate, the mean over
+the validation prompts' samples); every number in the table is over the others (*report*), so
+the pick never sees the prompts it is reported on. With ``val_prompts: 0`` nothing is picked and
+every prompt reports.
 
 ``summary.csv`` has one row per run and checkpoint, one for the SFT model (run ``sft``,
-checkpoint 0, step 0, KL 0, win rate 0.5: every run's starting point) and one each for
-the dataset's own chosen and rejected responses on the same prompts (runs
-``dataset-chosen`` and ``dataset-rejected``: reference levels, no checkpoint, step or KL).
-Columns (``columns(gold)``)::
+checkpoint 0, step 0, KL 0, win rate 0.5: every run's starting point) and one each for the
+dataset's own chosen and rejected responses on the same prompts (runs ``dataset-chosen`` and
+``dataset-rejected``: reference levels, no checkpoint, step or KL). Columns (``columns(gold)``)::
 
-    run, loss, data, num_contrastive, ckpt, step,
-    reward_mean, reward_ci95_low, reward_ci95_high, win_rate, kl,
+    run, configuration, seed, loss, data, num_contrastive, ckpt, step,
+    reward_mean, reward_ci95_low, reward_ci95_high, win_rate,
+    kl_exact,      # exact per-token KL(pi || pi_SFT) at the sampling temperature (>= 0)
+    kl,            # the original scripts' estimator: mean log pi(y) - log pi_SFT(y) (can be < 0)
     [gold_mean, gold_ci95_low, gold_ci95_high,]     # only when the gold reward is known
-    length_tokens, length_chars
+    length_tokens, length_chars, report_prompts,
+    selected, select_by, val_score                  # the run's picked checkpoint (validation)
 
 Rows: SFT, then the runs in the given order (checkpoints ascending), then the dataset rows.
 
-``summary.png``: RM reward against KL(pi || pi_SFT) for every run's checkpoints (the
-paper's reward/KL frontier; each curve starts at the SFT point, KL 0), RM reward against
-step (95% intervals; the dataset's chosen and rejected rewards as horizontal lines), the
-win rate against SFT and the mean response length against step; with a gold reward, also
-gold reward against KL and against step.
+``summary.png``: RM reward against KL(pi || pi_SFT) (exact) for every run's checkpoints (the
+paper's reward/KL frontier; each curve starts at the SFT point, KL 0; the picked checkpoint
+circled), RM reward against step (95% intervals; the dataset's chosen and rejected rewards as
+horizontal lines), the win rate against SFT and the mean response length against step; with a
+gold reward, also gold reward against KL and against step.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
-from .io import RecordError, read_json
+from .io import RecordError, read_json, read_records
+from .rewards import summarize_rewards
 
-BASE_COLUMNS = ["run", "loss", "data", "num_contrastive", "ckpt", "step",
-                "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate", "kl"]
+BASE_COLUMNS = ["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
+                "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
+                "kl_exact", "kl"]
 GOLD_COLUMNS = ["gold_mean", "gold_ci95_low", "gold_ci95_high"]
-LENGTH_COLUMNS = ["length_tokens", "length_chars"]
-INT_COLUMNS = ["num_contrastive", "ckpt", "step"]
+LENGTH_COLUMNS = ["length_tokens", "length_chars", "report_prompts"]
+SELECT_COLUMNS = ["selected", "select_by", "val_score"]
+INT_COLUMNS = ["seed", "num_contrastive", "ckpt", "step", "report_prompts"]
+CRITERIA = {"reward": "rewards", "gold": "gold", "win_rate": "wins"}
 
 
 def columns(gold: bool) -> list[str]:
-    return BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + LENGTH_COLUMNS
+    return BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + LENGTH_COLUMNS + SELECT_COLUMNS
+
+
+def _flat(rows):
+    return [v for row in rows for v in row]
 
 
 def _stats(prefix: str, s: dict | None) -> dict:
@@ -45,58 +62,113 @@ def _stats(prefix: str, s: dict | None) -> dict:
             f"{prefix}_ci95_high": s["ci95_high"]}
 
 
-def checkpoint_row(summary: dict, meta: dict | None = None) -> dict:
-    """A CSV row from a checkpoint's (or the SFT model's) ``reward.json``."""
-    meta = meta or {}
-    row = {"run": summary["run"], "loss": meta.get("loss"), "data": meta.get("data"),
-           "num_contrastive": meta.get("num_contrastive"), "ckpt": summary["ckpt"],
-           "step": summary["step"], "win_rate": summary["win_rate"], "kl": summary["kl"],
-           "length_tokens": summary["length_tokens"], "length_chars": summary["length_chars"]}
-    row.update(_stats("reward", summary["reward"]))
-    row.update(_stats("gold", summary.get("gold")))
+def split(records: list, val_prompts: int, where: str) -> tuple[list, list]:
+    """(validation, report) records: the first ``val_prompts`` and the others."""
+    if val_prompts >= len(records):
+        raise RecordError(f"{where}: {len(records)} evaluated prompts leave none to report on "
+                          f"after eval.val_prompts = {val_prompts}")
+    return records[:val_prompts], records[val_prompts:]
+
+
+def slice_metrics(records: list[dict]) -> dict:
+    """The summary numbers of some prompts' records (``eval/<run>/ckpt<k>/rewards.jsonl``)."""
+    row = {"win_rate": statistics.fmean(_flat(r["wins"] for r in records)),
+           "kl": statistics.fmean(a - b for r in records
+                                  for a, b in zip(r["logps"], r["sft_logps"])),
+           "kl_exact": statistics.fmean(_flat(r.get("kl_exact", [0.0] * len(r["logps"]))
+                                              for r in records)),
+           "length_tokens": statistics.fmean(_flat(r["lengths"] for r in records)),
+           "length_chars": statistics.fmean(len(c) for r in records for c in r["completions"]),
+           "report_prompts": len(records)}
+    row.update(_stats("reward", summarize_rewards(_flat(r["rewards"] for r in records))))
+    if all("gold" in r for r in records):
+        row.update(_stats("gold", summarize_rewards(_flat(r["gold"] for r in records))))
     return row
 
 
-def dataset_rows(summary: dict) -> list[dict]:
-    """The ``dataset-chosen`` and ``dataset-rejected`` rows of ``eval/dataset/reward.json``."""
+def val_score(records: list[dict], select_by: str, where: str) -> float:
+    """The mean of the criterion over the validation records."""
+    key = CRITERIA[select_by]
+    if any(key not in r for r in records):
+        raise RecordError(f"{where}: eval.select_by {select_by!r} needs {key!r} in every record "
+                          "(gold: the synthetic source only)")
+    return statistics.fmean(_flat(r[key] for r in records))
+
+
+def dataset_rows(records: list[dict]) -> list[dict]:
+    """The ``dataset-chosen`` and ``dataset-rejected`` rows of ``eval/dataset/rewards.jsonl``
+    (report prompts only)."""
     rows = []
-    for name in ("chosen", "rejected"):
-        part = summary[name]
-        row = {"run": f"dataset-{name}", "length_tokens": part["length_tokens"],
-               "length_chars": part["length_chars"]}
-        row.update(_stats("reward", part["reward"]))
-        row.update(_stats("gold", part.get("gold")))
+    for j, name in enumerate(("chosen", "rejected")):
+        row = {"run": f"dataset-{name}",
+               "length_tokens": statistics.fmean(r["lengths"][j] for r in records),
+               "length_chars": statistics.fmean(len(r["completions"][j]) for r in records),
+               "report_prompts": len(records)}
+        row.update(_stats("reward", summarize_rewards([r["rewards"][j] for r in records])))
+        if all("gold" in r for r in records):
+            row.update(_stats("gold", summarize_rewards([r["gold"][j] for r in records])))
         rows.append(row)
     return rows
 
 
-def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict]):
+def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict],
+                  val_prompts: int = 0, select_by: str = "reward"):
     """The summary DataFrame (see the module docstring).
 
-    ``runs`` maps each run name to ``{"loss", "data", "num_contrastive"}`` and fixes the
-    order of the runs; every checkpoint's run must be in it.
+    ``*_json`` are the ``reward.json`` files (run, checkpoint, step); the numbers come from the
+    ``rewards.jsonl`` beside each. ``runs`` maps each run name to ``{"configuration", "seed",
+    "loss", "data", "num_contrastive"}`` and fixes the order of the runs; every checkpoint's run
+    must be in it.
     """
     import pandas as pd
+
+    def records(path):
+        return read_records(Path(path).with_name("rewards.jsonl"))
 
     sft = read_json(sft_json)
     if sft["run"] != "sft" or int(sft["ckpt"]) != 0:
         raise RecordError(f"{sft_json}: expected the SFT model's reward.json (run sft, ckpt 0), "
-                         f"got run {sft['run']!r} ckpt {sft['ckpt']}")
-    sft = dict(sft, step=0)
-    ckpts = [read_json(p) for p in checkpoint_jsons]
+                          f"got run {sft['run']!r} ckpt {sft['ckpt']}")
+    sft_recs = records(sft_json)
+    ckpts = [(p, read_json(p)) for p in checkpoint_jsons]
     order = {name: n for n, name in enumerate(runs)}
-    for path, s in zip(checkpoint_jsons, ckpts):
+    for path, s in ckpts:
         if s["run"] not in order:
             raise RecordError(f"{path}: run {s['run']!r} is not one of {sorted(order)}")
-    ckpts.sort(key=lambda s: (order[s["run"]], int(s["ckpt"])))
-    rows = [checkpoint_row(sft)] + [checkpoint_row(s, runs[s["run"]]) for s in ckpts]
-    rows += dataset_rows(read_json(dataset_json))
+    ckpts.sort(key=lambda ps: (order[ps[1]["run"]], int(ps[1]["ckpt"])))
+    _, report = split(sft_recs, val_prompts, str(sft_json))
+    rows = [dict(run="sft", ckpt=0, step=0, **slice_metrics(report))]
+    best: dict = {}
+    for path, s in ckpts:
+        recs = records(path)
+        if [r["prompt"] for r in recs] != [r["prompt"] for r in sft_recs]:
+            raise RecordError(f"{path}: evaluated on other prompts than {sft_json}; delete "
+                              "both and run snakemake again")
+        val, report = split(recs, val_prompts, str(path))
+        meta = runs[s["run"]]
+        row = dict(run=s["run"], configuration=meta.get("configuration", s["run"]),
+                   seed=meta.get("seed"), loss=meta.get("loss"), data=meta.get("data"),
+                   num_contrastive=meta.get("num_contrastive"), ckpt=int(s["ckpt"]),
+                   step=int(s["step"]), **slice_metrics(report))
+        if val_prompts:
+            row["select_by"] = select_by
+            row["val_score"] = val_score(val, select_by, str(path))
+            if s["run"] not in best or row["val_score"] > best[s["run"]]["val_score"]:
+                best[s["run"]] = row
+        rows.append(row)
+    for row in rows:
+        if row.get("ckpt") and val_prompts:
+            row["selected"] = best.get(row["run"]) is row
+    _, ds_report = split(read_records(Path(dataset_json).with_name("rewards.jsonl")),
+                         val_prompts, str(dataset_json))
+    rows += dataset_rows(ds_report)
     gold = any(r.get("gold_mean") is not None for r in rows)
     df = pd.DataFrame(rows).reindex(columns=columns(gold))
     for c in INT_COLUMNS:
         df[c] = pd.array(df[c], dtype="Int64")
-    for c in ("loss", "data"):
+    for c in ("run", "configuration", "loss", "data", "select_by"):
         df[c] = df[c].astype("string")
+    df["selected"] = df["selected"].astype("boolean")
     return df
 
 
@@ -132,9 +204,9 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     gold = "gold_mean" in df.columns and df["gold_mean"].notna().any()
-    panels = [("kl", "reward"), ("step", "reward"), ("step", "win_rate")]
+    panels = [("kl_exact", "reward"), ("step", "reward"), ("step", "win_rate")]
     if gold:
-        panels += [("kl", "gold"), ("step", "gold")]
+        panels += [("kl_exact", "gold"), ("step", "gold")]
     panels += [("step", "length_tokens")]
     ncols = 3 if len(panels) > 4 else 2
     nrows = math.ceil(len(panels) / ncols)
@@ -142,7 +214,8 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
     curves = _run_curves(df)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = {"reward": "RM reward", "gold": "gold reward", "win_rate": "win rate vs SFT (RM)",
-              "length_tokens": "mean response length (tokens)", "kl": r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$)",
+              "length_tokens": "mean response length (tokens)",
+              "kl_exact": r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$) (exact, per token)",
               "step": "optimizer step"}
     for ax, (x, y) in zip(axes.flat, panels):
         col = f"{y}_mean" if y in ("reward", "gold") else y
@@ -154,8 +227,12 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
                 ax.errorbar(c[x].astype(float), c[col], yerr=err, capsize=2, **kw)
             else:
                 ax.plot(c[x].astype(float), c[col], **kw)
+            if x == "kl_exact" and "selected" in c.columns:
+                sel = c[c["selected"].fillna(False).astype(bool)]
+                ax.plot(sel[x].astype(float), sel[col], marker="o", ms=11, mfc="none",
+                        mec=kw["color"], ls="none")
         sft = df[df["run"] == "sft"]
-        if len(sft) and x == "kl":
+        if len(sft) and x == "kl_exact":
             ax.plot([0.0], [float(sft[col].iloc[0])], marker="*", ms=12, color="black",
                     ls="none", label="SFT", zorder=5)
         if x == "step" and y != "win_rate":
@@ -164,7 +241,7 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
             ax.axhline(0.5, color="gray", ls="--", lw=1)
         ax.set_xlabel(labels[x])
         ax.set_ylabel(labels[y])
-        ax.set_title(f"{labels[y]} vs {'KL' if x == 'kl' else 'step'}")
+        ax.set_title(f"{labels[y]} vs {'KL' if x == 'kl_exact' else 'step'}")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -180,9 +257,10 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
 
 
 def write_summary(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict], out_csv,
-                  out_png, title: str | None = None):
+                  out_png, title: str | None = None, val_prompts: int = 0,
+                  select_by: str = "reward"):
     """Write ``summary.csv`` and ``summary.png``; returns the DataFrame."""
-    df = summary_table(sft_json, checkpoint_jsons, dataset_json, runs)
+    df = summary_table(sft_json, checkpoint_jsons, dataset_json, runs, val_prompts, select_by)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     plot_summary(df, out_png, title=title)

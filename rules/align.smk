@@ -2,6 +2,8 @@
 #   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl   reference log-probs (once)
 #   models/align/<run>/ckpt<k>/         k = 1..max_steps // save_every, at step k * save_every
 #   models/align/<run>/train_metrics.json
+# A run is a configuration (align.runs, or a point of an align.grid sweep) trained with one seed
+# of align.seeds: <configuration> for the top-level seed, <configuration>_s<seed> for another.
 # One rule per run: each run has its own number of checkpoints, and every ckpt<k>/config.json
 # must be a file that a rule names, so that eval can ask for one. The rule of run <run> is named
 # rule_name("train_align", <run>) = train_align_<run with non-word characters as _>, e.g.
@@ -69,7 +71,7 @@ for run in PLAN.align_runs():
             model=parent_of("model", "input"),
             gpu=PLAN.gpu_prefix(PLAN.gpus()),
             align=as_json(PLAN.run_params(run)),
-            engine=as_json(PLAN.engine_params()),
+            engine=as_json(PLAN.run_engine_params(run)),
             launcher=PLAN.train_launcher(),
             ref=(["--ref-logps", *PLAN.ref_cache_inputs(run)] if PLAN.precompute_ref() else []),
             out=parent_of("metrics"),

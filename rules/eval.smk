@@ -121,12 +121,15 @@ rule eval_dataset:
 
 
 rule summarize:
-    """summary.csv (one row per run and checkpoint, SFT, dataset chosen/rejected) and
-    summary.png (reward vs KL, reward / win rate / length vs step, gold when known)."""
+    """summary.csv (one row per run and checkpoint, SFT, dataset chosen/rejected, on the report
+    prompts; each run's checkpoint picked on the validation prompts) and summary.png (reward vs
+    KL, reward / win rate / length vs step, gold when known)."""
     input:
         sft=res("eval/sft/ckpt0/reward.json"),
         dataset=res("eval/dataset/reward.json"),
         checkpoints=PLAN.eval_checkpoint_targets(),
+        records=[res("eval/sft/ckpt0/rewards.jsonl"), res("eval/dataset/rewards.jsonl"),
+                 *PLAN.eval_rewards_targets()],
     output:
         csv=report(res("summary.csv"), caption="../report/summary_csv.rst", category="Summary"),
         png=report(res("summary.png"), caption="../report/summary.rst", category="Summary"),
@@ -135,6 +138,8 @@ rule summarize:
         code=code_of("summarize"),
         runs=PLAN.eval_run_meta(),
         title=config["run_name"],
+        val_prompts=PLAN.eval_split()["val_prompts"],
+        select_by=PLAN.eval_split()["select_by"],
     threads: 1
     log:
         log("summarize"),
@@ -145,4 +150,5 @@ rule summarize:
     shell:
         "{params.cmd} --sft {input.sft:q} --dataset {input.dataset:q} "
         "--checkpoints {input.checkpoints:q} --runs {params.runs:q} --csv {output.csv:q} "
-        "--png {output.png:q} --title {params.title:q} > {log:q} 2>&1"
+        "--png {output.png:q} --title {params.title:q} --val-prompts {params.val_prompts:q} "
+        "--select-by {params.select_by:q} > {log:q} 2>&1"

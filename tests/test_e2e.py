@@ -26,7 +26,7 @@ rm: {epochs: 1}
 sample: {max_new_tokens: 24}
 align:
   defaults: {max_steps: 4, save_every: 2, batch_size: 16, micro_batch_size: 16}
-eval: {num_prompts: 16, max_new_tokens: 24, checkpoints: 2}
+eval: {num_prompts: 16, val_prompts: 8, max_new_tokens: 24, checkpoints: 2}
 """
 CFG = ["--configfile", "configs/tiny.yaml", "quick.yaml"]
 
@@ -62,6 +62,10 @@ def test_summary_table(done):
             lo, mean, hi = (float(r[k]) for k in ("reward_ci95_low", "reward_mean", "reward_ci95_high"))
             assert lo <= mean <= hi and 0 <= float(r["win_rate"]) <= 1
             assert r["gold_mean"] != ""  # synthetic source: the gold reward is known
+            assert float(r["kl_exact"]) >= 0 and r["report_prompts"] == "8"
+    for run in RUNS:  # one checkpoint per run picked on the 8 validation prompts
+        assert sum(r["selected"] == "True" for r in rows if r["run"] == run) == 1
+    assert float(sft["kl_exact"]) == 0 and sft["report_prompts"] == "8"
     assert (out / "summary.png").stat().st_size > 10_000
 
 
@@ -72,7 +76,7 @@ def test_stage_outputs(done):
     samples = read_records(out / "samples" / "exo-rw_nc2" / "ckpt2" / "test.jsonl")
     assert len(samples) == 16 and all(len(r["completions"]) == 4 for r in samples)
     rep = json.loads((out / "eval" / "exo-rw_nc2" / "ckpt2" / "reward.json").read_text())
-    assert rep["reward"]["count"] == 64 and {"win_rate", "kl", "gold"} <= set(rep)
+    assert rep["reward"]["count"] == 64 and {"win_rate", "kl", "kl_exact", "gold"} <= set(rep)
     rm = json.loads((out / "models" / "rm" / "metrics.json").read_text())
     assert 0 <= rm["test_accuracy"] <= 1
     for rule in ("train_sft", "train_rm", "train_align"):
@@ -185,6 +189,29 @@ def test_sampling_temperature_reruns_sampling_and_downstream_only(done):
     for untouched in ("train_sft", "train_rm", "train_tokenizer", "preprocess",
                       "train_align_exo_pref_nc2", "train_align_dpo_pref_nc2", "eval_dataset"):
         assert untouched not in jobs, jobs
+
+
+def test_adding_a_seed_plans_only_that_seeds_jobs(done):
+    """Issue 12: align.seeds [42] -> [42, 7] keeps every existing file (the top-level seed's
+    runs keep their names) and plans the new seed's training, sampling and evaluation only."""
+    (done / "seed.yaml").write_text("align:\n  seeds: [42, 7]\n")
+    jobs = dry(done, "eval_all", extra=("seed.yaml",))
+    assert jobs == {"train_align_exo_rw_nc2_s7": 1, "train_align_dpo_rw_nc2_s7": 1,
+                    "train_align_exo_pref_nc2_s7": 1, "train_align_dpo_pref_nc2_s7": 1,
+                    "sample_checkpoint": 8, "eval_checkpoint": 8, "summarize": 1,
+                    "eval_all": 1}
+
+
+def test_common_random_numbers(done):
+    """Every checkpoint of every run (and the SFT model) is sampled on the same prompts with
+    the same seed and sampling parameters, so sample j of prompt i comes from the same random
+    stream (exoflow.sampling.stream_seed(seed, i, j)) in every run."""
+    proc = snakemake(done, "eval_all", "-n", "-p", "--forceall", *CFG)
+    args = re.findall(r"workflow_scripts/sample\.py --model (\S+) --input (\S+) --output "
+                      r"(\S+) --params ('[^']*') --seed (\d+)", proc.stdout + proc.stderr)
+    evals = [a for a in args if "/samples/" in a[2]]
+    assert len(evals) == 1 + 4 * 2  # SFT + 4 runs x 2 checkpoints
+    assert len({(a[1], a[3], a[4]) for a in evals}) == 1  # prompts, params and seed: all equal
 
 
 def test_deleted_eval_file_reruns_only_its_scoring(done):

@@ -63,17 +63,17 @@ def test_summarize_checkpoint_by_hand():
     recs = [
         {"prompt": "p0", "completions": ["a", "bb"], "sft_completions": ["x", "c"],
          "rewards": [1.0, 2.0], "sft_rewards": [0.0, 3.0], "wins": [1.0, 0.0],
-         "logps": [-1.0, -2.0], "sft_logps": [-2.0, -2.0], "lengths": [1, 2],
-         "gold": [0.5, -0.5], "sft_gold": [0.0, -0.5]},
+         "logps": [-1.0, -2.0], "sft_logps": [-2.0, -2.0], "kl_exact": [0.25, 0.5],
+         "lengths": [1, 2], "gold": [0.5, -0.5], "sft_gold": [0.0, -0.5]},
         {"prompt": "p1", "completions": ["dddd", "e"], "sft_completions": ["f", "g"],
          "rewards": [0.0, 0.0], "sft_rewards": [0.0, 1.0], "wins": [0.5, 0.0],
-         "logps": [-3.0, -1.0], "sft_logps": [-2.0, -4.0], "lengths": [3, 1],
-         "gold": [0.0, 0.0], "sft_gold": [0.1, 0.0]},
+         "logps": [-3.0, -1.0], "sft_logps": [-2.0, -4.0], "kl_exact": [0.0, 1.25],
+         "lengths": [3, 1], "gold": [0.0, 0.0], "sft_gold": [0.1, 0.0]},
     ]
     s = summarize_checkpoint(recs, run="exo", ckpt=2, step=40)
     assert (s["run"], s["ckpt"], s["step"], s["num_prompts"], s["num_return"]) == ("exo", 2, 40, 2, 2)
     assert s["win_rate"] == 0.375
-    assert s["kl"] == 0.75
+    assert s["kl"] == 0.75 and s["kl_exact"] == 0.5
     assert s["reward"]["mean"] == 0.75 and s["reward"]["count"] == 4
     assert s["reward"]["ci95_low"] < 0.75 < s["reward"]["ci95_high"]
     assert s["sft_reward"]["mean"] == 1.0
@@ -209,6 +209,7 @@ def test_eval_clis(world, tmp_path, capsys):
         "--run", "exo", "--ckpt", "3", "--step", "60", "--gold", *sizes])
     s = read_json(tmp_path / "c" / "reward.json")
     assert (s["run"], s["ckpt"], s["step"]) == ("exo", 3, 60) and "gold" in s
+    assert s["kl_exact"] > 0  # another model than SFT: a positive exact KL
     _cli("eval_dataset").main([
         "--rm", str(world / "rm"), "--input", str(world / "pref.jsonl"), "--num-prompts", "3",
         "--output", str(tmp_path / "d" / "reward.json"), "--rewards", str(tmp_path / "d" / "r.jsonl"),

@@ -88,7 +88,8 @@ def test_names_types_defaults_agree(name, get_props, get_fields):
 def test_generation_sections_agree_with_sample_and_eval_params():
     p = props("generation")
     sample, ev = dc_fields(SampleParams), dc_fields(EvalParams, drop=("rm_max_len", "rm_max_gen_len"))
-    workflow_only = {"checkpoints"}  # exoflow.plan: which checkpoints are evaluated
+    # exoflow.plan: which checkpoints are evaluated, and how the prompts are split
+    workflow_only = {"checkpoints", "val_prompts", "select_by"}
     assert set(p) == set(sample) | set(ev) | workflow_only
     assert set(p) == set(sample) | SampleParams.TOLERATED
     assert set(p) <= set(ev) | EvalParams.TOLERATED

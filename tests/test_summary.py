@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from exoflow.io import write_json
+from exoflow.io import write_json, write_records
 from exoflow.summary import columns, summary_table, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,44 +16,49 @@ RUNS = {"exo-rw_nc2": {"loss": "exo-rw", "data": "rm_labels", "num_contrastive":
         "dpo-rw_nc2": {"loss": "dpo-rw", "data": "rm_labels", "num_contrastive": 2}}
 
 
-def stats(mean, half=0.1):
-    return {"mean": mean, "std": 1.0, "count": 8, "ci95_low": mean - half, "ci95_high": mean + half}
+PROMPTS = 4
+HALF = 1.96 * 0.1 * math.sqrt(8 / 7) / math.sqrt(8)  # the interval of [m - 0.1, m + 0.1] x 4
 
 
-def ckpt(run, k, step, reward, kl, win, gold=None, length=10.0):
-    s = {"kind": "checkpoint", "run": run, "ckpt": k, "step": step, "num_prompts": 4,
-         "num_return": 2, "reward": stats(reward), "sft_reward": stats(0.0), "win_rate": win,
-         "win": stats(win), "kl": kl, "kl_terms": stats(kl), "length_tokens": length,
-         "length_chars": 4 * length}
-    if gold is not None:
-        s.update(gold=stats(gold), sft_gold=stats(0.0), gold_win_rate=win)
-    return s
-
-
-def dataset(gold):
-    d = {"kind": "dataset", "num_prompts": 4, "accuracy": 0.75}
-    for name, r, g, n in (("chosen", 1.5, 0.4, 12.0), ("rejected", -0.5, -0.2, 20.0)):
-        d[name] = {"reward": stats(r), "length_tokens": n, "length_chars": 4 * n}
-        if gold:
-            d[name]["gold"] = stats(g)
-    if gold:
-        d["gold_accuracy"] = 0.7
-    return d
+def ckpt(d: Path, run, k, step, reward, kl, win, gold=None, length=10):
+    """eval/<run>/ckpt<k>/: reward.json, and rewards.jsonl with 4 prompts x 2 samples whose
+    means are the given numbers."""
+    folder = d / f"eval/{run}/ckpt{k}"
+    recs = []
+    for i in range(PROMPTS):
+        r = {"prompt": f"p{i}", "completions": ["x" * (4 * length)] * 2,
+             "sft_completions": ["y"] * 2, "rewards": [reward - 0.1, reward + 0.1],
+             "sft_rewards": [0.0, 0.0], "wins": [win, win], "logps": [-1.0, -1.0],
+             "sft_logps": [-1.0 - kl, -1.0 - kl], "kl_exact": [kl / 10, kl / 10],
+             "lengths": [length, length]}
+        if gold is not None:
+            r.update(gold=[gold, gold], sft_gold=[0.0, 0.0])
+        recs.append(r)
+    write_records(folder / "rewards.jsonl", recs)
+    write_json(folder / "reward.json", {"kind": "checkpoint", "run": run, "ckpt": k,
+                                        "step": step})
+    return folder / "reward.json"
 
 
 def write_world(d: Path, gold: bool):
     g = (lambda v: v) if gold else (lambda v: None)
-    files = {"sft": d / "eval/sft/ckpt0/reward.json", "dataset": d / "eval/dataset/reward.json"}
-    write_json(files["sft"], ckpt("sft", 0, 0, 0.0, 0.0, 0.5, g(-0.1), 15.0))
-    write_json(files["dataset"], dataset(gold))
+    sft = ckpt(d, "sft", 0, 0, 0.0, 0.0, 0.5, g(-0.1), 15)
+    ds = d / "eval/dataset"
+    recs = []
+    for i in range(PROMPTS):
+        r = {"prompt": f"p{i}", "completions": ["c" * 48, "r" * 80], "rewards": [1.5, -0.5],
+             "lengths": [12, 20]}
+        if gold:
+            r["gold"] = [0.4, -0.2]
+        recs.append(r)
+    write_records(ds / "rewards.jsonl", recs)
+    write_json(ds / "reward.json", {"kind": "dataset"})
     cks = []
     # written out of order: the table sorts runs by RUNS and checkpoints ascending
     for run, k, r, kl in (("dpo-rw_nc2", 2, 0.9, 4.0), ("exo-rw_nc2", 2, 1.2, 3.0),
                           ("dpo-rw_nc2", 1, 0.5, 1.5), ("exo-rw_nc2", 1, 0.6, 1.0)):
-        p = d / f"eval/{run}/ckpt{k}/reward.json"
-        write_json(p, ckpt(run, k, 20 * k, r, kl, 0.5 + 0.1 * k, g(r / 4), 10.0 - k))
-        cks.append(p)
-    return files["sft"], cks, files["dataset"]
+        cks.append(ckpt(d, run, k, 20 * k, r, kl, 0.5 + 0.1 * k, g(r / 4), 10 - k))
+    return sft, cks, ds / "reward.json"
 
 
 @pytest.mark.parametrize("gold", [True, False])
@@ -62,10 +67,12 @@ def test_summary_rows_columns_and_png(tmp_path, gold):
     df = write_summary(sft, cks, ds, RUNS, tmp_path / "summary.csv", tmp_path / "summary.png",
                        title="tiny")
     csv = pd.read_csv(tmp_path / "summary.csv")
-    want_cols = (["run", "loss", "data", "num_contrastive", "ckpt", "step", "reward_mean",
-                  "reward_ci95_low", "reward_ci95_high", "win_rate", "kl"]
+    want_cols = (["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
+                  "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
+                  "kl_exact", "kl"]
                  + (["gold_mean", "gold_ci95_low", "gold_ci95_high"] if gold else [])
-                 + ["length_tokens", "length_chars"])
+                 + ["length_tokens", "length_chars", "report_prompts", "selected",
+                    "select_by", "val_score"])
     assert list(csv.columns) == want_cols == columns(gold)
     assert list(df.columns) == want_cols
     assert list(csv["run"]) == ["sft", "exo-rw_nc2", "exo-rw_nc2", "dpo-rw_nc2", "dpo-rw_nc2",
@@ -79,17 +86,19 @@ def test_summary_rows_columns_and_png(tmp_path, gold):
     assert pd.isna(sft_row["loss"]) and pd.isna(sft_row["num_contrastive"])
     exo2 = csv.iloc[2]
     assert (exo2["loss"], exo2["data"], exo2["num_contrastive"]) == ("exo-rw", "rm_labels", 2)
-    assert exo2["reward_mean"] == 1.2 and exo2["kl"] == 3.0
-    assert exo2["reward_ci95_low"] == pytest.approx(1.1)
-    assert exo2["reward_ci95_high"] == pytest.approx(1.3)
+    assert exo2["reward_mean"] == pytest.approx(1.2) and exo2["kl"] == pytest.approx(3.0)
+    assert exo2["kl_exact"] == pytest.approx(0.3) and exo2["report_prompts"] == 4
+    assert exo2["reward_ci95_low"] == pytest.approx(1.2 - HALF)
+    assert exo2["reward_ci95_high"] == pytest.approx(1.2 + HALF)
     assert exo2["win_rate"] == pytest.approx(0.7) and exo2["length_tokens"] == 8.0
+    assert exo2["length_chars"] == 32.0 and pd.isna(exo2["selected"])
     assert csv.iloc[5]["reward_mean"] == 1.5 and csv.iloc[6]["length_tokens"] == 20.0
     if gold:
         assert exo2["gold_mean"] == 0.3
         assert csv.iloc[5]["gold_mean"] == 0.4 and csv.iloc[0]["gold_mean"] == -0.1
     # integer columns are written as integers, not 1.0
     line = (tmp_path / "summary.csv").read_text().splitlines()[3]
-    assert line.startswith("exo-rw_nc2,exo-rw,rm_labels,2,2,40,")
+    assert line.startswith("exo-rw_nc2,exo-rw_nc2,,exo-rw,rm_labels,2,2,40,")
 
     png = (tmp_path / "summary.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
