@@ -1,0 +1,34 @@
+"""The rule files (issue 11): every rule name Snakemake prints for a shipped config can be
+found by a plain search of the rule files, and rules/common.smk holds no planning logic."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = "\n".join(p.read_text() for p in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))])
+
+
+@pytest.mark.parametrize("configs", [[], ["configs/tiny.yaml"]], ids=["config.yaml", "tiny"])
+def test_every_rule_name_is_found_in_the_rule_files(configs):
+    args = [sys.executable, "-m", "snakemake", "--list-rules"]
+    if configs:
+        args += ["--configfile", *configs]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    names = [ln.split()[0] for ln in out.splitlines() if ln.strip() and not ln.startswith(" ")]
+    assert "train_align_exo_rw_nc2" in names and "train_sft" in names and "study" in names
+    for name in names:
+        assert re.search(rf"\b{re.escape(name)}\b", SOURCES), f"{name}: not in the rule files"
+
+
+def test_common_smk_holds_no_planning_logic():
+    src = (ROOT / "rules" / "common.smk").read_text()
+    functions = re.findall(r"^def (\w+)\(", src, re.M)
+    # path helpers, the code hash of a script, the interpreter, input/params functions
+    assert set(functions) <= {"relative", "python_command", "res", "log", "bench", "script",
+                              "command", "code_of", "data_params", "base_model_arg",
+                              "base_model_input", "ckpt_model", "ckpt_step", "parent_of"}
+    assert len(src.splitlines()) < 130
