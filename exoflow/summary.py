@@ -15,7 +15,9 @@ dataset's own chosen and rejected responses on the same prompts (runs ``dataset-
     reward_mean, reward_ci95_low, reward_ci95_high, win_rate,
     kl_exact,      # exact per-token KL(pi || pi_SFT) at the sampling temperature (>= 0)
     kl,            # the original scripts' estimator: mean log pi(y) - log pi_SFT(y) (can be < 0)
-    [gold_mean, gold_ci95_low, gold_ci95_high,]     # only when the gold reward is known
+    [gold_mean, gold_ci95_low, gold_ci95_high,      # only when the gold reward is known
+     gold_vs_sft_mean, gold_vs_sft_ci95_low, gold_vs_sft_ci95_high,]
+                   # gold minus the SFT samples' gold, paired by prompt (95 % over prompts)
     length_tokens, length_chars, report_prompts,
     selected, select_by, val_score                  # the run's picked checkpoint (validation)
 
@@ -40,7 +42,8 @@ from .rewards import summarize_rewards
 BASE_COLUMNS = ["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
                 "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
                 "kl_exact", "kl"]
-GOLD_COLUMNS = ["gold_mean", "gold_ci95_low", "gold_ci95_high"]
+GOLD_COLUMNS = ["gold_mean", "gold_ci95_low", "gold_ci95_high", "gold_vs_sft_mean",
+                "gold_vs_sft_ci95_low", "gold_vs_sft_ci95_high"]
 LENGTH_COLUMNS = ["length_tokens", "length_chars", "report_prompts"]
 SELECT_COLUMNS = ["selected", "select_by", "val_score"]
 INT_COLUMNS = ["seed", "num_contrastive", "ckpt", "step", "report_prompts"]
@@ -83,6 +86,11 @@ def slice_metrics(records: list[dict]) -> dict:
     row.update(_stats("reward", summarize_rewards(_flat(r["rewards"] for r in records))))
     if all("gold" in r for r in records):
         row.update(_stats("gold", summarize_rewards(_flat(r["gold"] for r in records))))
+        if all("sft_gold" in r for r in records):
+            # paired by prompt (the same prompts, the same sampling streams): far tighter than
+            # comparing two independent intervals
+            row.update(_stats("gold_vs_sft", summarize_rewards(
+                [statistics.fmean(r["gold"]) - statistics.fmean(r["sft_gold"]) for r in records])))
     return row
 
 

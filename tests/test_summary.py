@@ -70,7 +70,8 @@ def test_summary_rows_columns_and_png(tmp_path, gold):
     want_cols = (["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
                   "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
                   "kl_exact", "kl"]
-                 + (["gold_mean", "gold_ci95_low", "gold_ci95_high"] if gold else [])
+                 + (["gold_mean", "gold_ci95_low", "gold_ci95_high", "gold_vs_sft_mean",
+                     "gold_vs_sft_ci95_low", "gold_vs_sft_ci95_high"] if gold else [])
                  + ["length_tokens", "length_chars", "report_prompts", "selected",
                     "select_by", "val_score"])
     assert list(csv.columns) == want_cols == columns(gold)
@@ -95,6 +96,8 @@ def test_summary_rows_columns_and_png(tmp_path, gold):
     assert csv.iloc[5]["reward_mean"] == 1.5 and csv.iloc[6]["length_tokens"] == 20.0
     if gold:
         assert exo2["gold_mean"] == 0.3
+        # sft_gold is 0 in every record: the paired difference is the gold itself, no spread
+        assert exo2["gold_vs_sft_mean"] == 0.3 and exo2["gold_vs_sft_ci95_low"] == 0.3
         assert csv.iloc[5]["gold_mean"] == 0.4 and csv.iloc[0]["gold_mean"] == -0.1
     # integer columns are written as integers, not 1.0
     line = (tmp_path / "summary.csv").read_text().splitlines()[3]
