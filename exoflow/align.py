@@ -298,7 +298,8 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
         ref_logps = load_ref_cache(ref_cache, data_file=train_file, reference=reference,
                                    temp=params.temp, max_len=params.max_len,
                                    max_gen_len=params.max_gen_len, code=ref_code,
-                                   dtype=reference_dtype(engine))
+                                   dtype=reference_dtype(engine), records=records,
+                                   lines=[n for n, _ in numbered])
 
     args = eng.make_training_args(params, engine, work_dir, log_dir)
     tok = load_tokenizer(policy_init, padding_side="right")

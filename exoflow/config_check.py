@@ -47,8 +47,9 @@ def check_model_init(init: str) -> str:
 
 
 def check_runs(config: dict) -> None:
-    """Every run (explicit, or a point of an align.grid sweep) resolves to valid parameters,
-    and the run set, its seeds and the study's comparisons are consistent."""
+    """Every run (explicit, or a point of an align.grid sweep) resolves to valid parameters
+    whose max_steps is a multiple of save_every, and the run set, its seeds and the study's
+    comparisons are consistent."""
     import jsonschema
     import yaml
 
@@ -66,30 +67,27 @@ def check_runs(config: dict) -> None:
         raise ConfigError("align: no runs (align.runs, align.grid and align.only give none)")
     sub = dict(schema["definitions"]["align_params"], required=["loss", "data"],
                definitions=schema["definitions"])
-    defaults = (config.get("align") or {}).get("defaults") or {}
+    align = config.get("align") or {}
+    defaults = align.get("defaults") or {}
+    explicit = align.get("runs") or {}
     for name, entry in confs.items():
-        errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(dict(defaults, **entry)),
-                        key=str)
+        p = dict(defaults, **entry)
+        errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(p), key=str)
         if errors:
             e = errors[0]
             key = ".".join(map(str, e.absolute_path)) or "(run)"
             raise ConfigError(f"align run {name!r}: {key}: {e.message}")
+        steps, every = p.get("max_steps"), p.get("save_every")
+        if steps is not None and every and steps % every:
+            where = f"align.runs.{name}" if name in explicit else f"align.grid run {name}"
+            keys = [f"{where}.{k}" if k in entry else f"align.defaults.{k}"
+                    for k in ("max_steps", "save_every")]
+            raise ConfigError(
+                f"{keys[0]} = {steps} is not a multiple of {keys[1]} = {every}: the steps after "
+                "the last checkpoint would be trained and thrown away")
 
 
 def check_config(config: dict) -> None:
     """All the checks of this module on a validated config (ConfigError on the first)."""
     check_model_init(str(config["model"]["init"]))
     check_runs(config)
-    align = config.get("align") or {}
-    defaults = align.get("defaults") or {}
-    explicit = align.get("runs") or {}
-    for run, entry in Plan(config).configurations().items():
-        p = dict(defaults, **entry)
-        steps, every = p.get("max_steps"), p.get("save_every")
-        if steps is not None and every and steps % every:
-            where = f"align.runs.{run}" if run in explicit else f"align.grid run {run}"
-            keys = [f"{where}.{k}" if k in entry else f"align.defaults.{k}"
-                    for k in ("max_steps", "save_every")]
-            raise ConfigError(
-                f"{keys[0]} = {steps} is not a multiple of {keys[1]} = {every}: the steps after "
-                "the last checkpoint would be trained and thrown away")

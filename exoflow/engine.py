@@ -558,7 +558,7 @@ def save_final(trainer, tokenizer, out_dir, params: dict) -> None:
     state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     if acc.is_main_process:
         out_dir = Path(out_dir)
-        check_finite_weights(model if state_dict is None else _StateDict(state_dict),
+        check_finite_weights(model.state_dict() if state_dict is None else state_dict,
                              f"{getattr(trainer, 'run_name', 'training')} (not saved to {out_dir})")
         out_dir.mkdir(parents=True, exist_ok=True)
         model.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
@@ -566,16 +566,6 @@ def save_final(trainer, tokenizer, out_dir, params: dict) -> None:
         tokenizer.save_pretrained(str(out_dir))
         write_json(out_dir / PARAMS_FILE, jsonable(params))
     acc.wait_for_everyone()
-
-
-class _StateDict:
-    """A state dict seen as a module by :func:`~exoflow.modeling.check_finite_weights`."""
-
-    def __init__(self, sd):
-        self._sd = sd
-
-    def state_dict(self):
-        return self._sd
 
 
 def train_metrics(trainer, out, num_train: int) -> dict:

@@ -177,16 +177,8 @@ def model_response_kl(policy, reference, input_ids: Tensor, attention_mask: Tens
     applied only at the kept positions (as :func:`model_response_logps`); fp32 whatever the
     models' dtype.
     """
-    if loss_mask.shape != input_ids.shape:
-        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must be (B, T) = "
-                         f"{tuple(input_ids.shape)}")
-    keep, rows, _, weights = _kept(loss_mask, temperature)
-    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    if rows.numel() == 0:
-        return out
-    kl = _kl_rows(_kept_logits(policy, input_ids, attention_mask, keep),
-                  _kept_logits(reference, input_ids, attention_mask, keep), temperature)
-    return out.index_add(0, rows, kl * weights)
+    return model_pair_stats(policy, reference, input_ids, attention_mask, loss_mask,
+                            temperature)[2]
 
 
 def model_pair_stats(policy, reference, input_ids: Tensor, attention_mask: Tensor,
@@ -194,6 +186,9 @@ def model_pair_stats(policy, reference, input_ids: Tensor, attention_mask: Tenso
     """``(log π(y|x), log π_ref(y|x), exact KL)`` per sequence (B,) from one forward of each
     model: the summed log-probs at temperature 1 (the original scripts' KL estimator is their
     difference) and :func:`model_response_kl` at ``kl_temperature`` (the sampling one)."""
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must be (B, T) = "
+                         f"{tuple(input_ids.shape)}")
     keep, rows, cols, weights = _kept(loss_mask, kl_temperature)
     b = input_ids.shape[0]
     outs = [torch.zeros(b, dtype=torch.float32, device=input_ids.device) for _ in range(3)]

@@ -145,12 +145,13 @@ def _from_pretrained(cls, name_or_path: str, **kwargs):
         ) from e
 
 
-def check_finite_weights(model, where) -> None:
-    """Refuse a model with a NaN or infinite weight, naming the first such tensor."""
+def check_finite_weights(state_dict, where) -> None:
+    """Refuse a state dict (``model.state_dict()``, or DeepSpeed's gathered one) with a NaN or
+    infinite weight, naming the first such tensor."""
     import torch
 
     with torch.no_grad():
-        for name, t in model.state_dict().items():
+        for name, t in state_dict.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(f"{where}: tensor {name!r} holds NaN or infinite values; the "
                                      "run that wrote it diverged, delete it and re-run with a "
@@ -213,7 +214,7 @@ def load_causal_lm(name_or_path: str, dtype: str | None = None, **kwargs):
 
     model = _from_pretrained(AutoModelForCausalLM, str(name_or_path), **_dtype_kwargs(dtype),
                              **kwargs)
-    check_finite_weights(model, name_or_path)
+    check_finite_weights(model.state_dict(), name_or_path)
     return model
 
 
@@ -229,7 +230,7 @@ def load_reward_model(name_or_path: str, dtype: str | None = None, pad_token_id:
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     model = _from_pretrained(AutoModelForSequenceClassification, str(name_or_path), **kwargs)
-    check_finite_weights(model, name_or_path)
+    check_finite_weights(model.state_dict(), name_or_path)
     return model
 
 

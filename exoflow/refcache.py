@@ -134,13 +134,14 @@ def read_ref_cache(path) -> tuple[dict, list[list[float]]]:
 
 
 def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
-                   max_gen_len: int, code: str | None = None,
-                   dtype: str | None = None) -> list[list[float]]:
+                   max_gen_len: int, code: str | None = None, dtype: str | None = None,
+                   records=None, lines=None) -> list[list[float]]:
     """The cached log-probs, after checking that they were made from this data and reference
     with these settings, and (when given) by this code in this precision
-    (:class:`RefCacheError` naming each difference otherwise)."""
+    (:class:`RefCacheError` naming each difference otherwise). ``records``/``lines``: the
+    data file's records as the caller already read them (read here when None)."""
     settings, rows = read_ref_cache(path)
-    want = cache_settings(data_file, reference, temp, max_len, max_gen_len)
+    want = cache_settings(data_file, reference, temp, max_len, max_gen_len, records, lines)
     want.update({k: v for k, v in (("code", code), ("dtype", dtype)) if v is not None})
     diff = [f"{k}: cache {settings.get(k)!r}, run {want[k]!r}"
             for k in (*CHECKED, *CHECKED_IF_GIVEN) if k in want and settings.get(k) != want[k]]

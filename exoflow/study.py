@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import ExoflowError, check_finite
 from .io import RecordError, read_json, read_records
-from .summary import split, val_score
+from .summary import save_figure, split, val_score
 
 __all__ = ["METRICS", "across_seeds", "paired_bootstrap", "study_tables", "write_study"]
 
@@ -252,12 +252,7 @@ def plot_study(study, compare, out_png, title: str | None = None) -> None:
         ax.set_xlabel(f"difference in {m} (95 % paired bootstrap over seeds and prompts)")
         ax.set_title(f"paired differences: {m}")
         ax.grid(alpha=0.3, axis="x")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png, title)
 
 
 def write_study(sft_json, checkpoint_jsons, runs: dict, comparisons, out_dir, val_prompts=0,

@@ -256,6 +256,13 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
     axes.flat[0].legend(fontsize=8)
     if any(ax.get_legend_handles_labels()[1] for ax in axes.flat[1:len(panels)]):
         axes.flat[1].legend(fontsize=8)
+    save_figure(fig, out_png, title)
+
+
+def save_figure(fig, out_png, title: str | None = None) -> None:
+    """The end of every figure here: title, tight layout, PNG at 120 dpi (its folder made)."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()

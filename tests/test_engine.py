@@ -385,3 +385,23 @@ def test_stages_draw_length_grouped_batches(tiny, tmp_path, group):
     assert bs1 == tiny_stage()["batch_size"] and bs2 == tiny_stage()["batch_size"]
     assert all(r >= s - 1 for s, r in zip(sft_len, rm_len))  # the RM pair's longer, no EOS
     assert len(set(sft_len)) > 1
+
+
+def test_save_final_refuses_non_finite_weights(tiny, tmp_path):
+    """The last line of defence (issue 10): whatever slipped past the step checks, a model with a
+    NaN weight is never written; the error names the run and the tensor."""
+    import torch
+
+    from exoflow import engine as eng
+    from exoflow.errors import NonFiniteError
+    from exoflow.modeling import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(tiny.base), load_tokenizer(tiny.base)
+    args = eng.make_training_args(SFTParams.from_dict(tiny_stage()), tiny_engine(),
+                                  tmp_path / "work")
+    trainer = eng.trainer_class()(model=model, args=args, run_name="train_sft")
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"train_sft \(not saved to .*\): tensor '.+' holds NaN"):
+        eng.save_final(trainer, tok, tmp_path / "out", {})
+    assert not (tmp_path / "out").exists()
