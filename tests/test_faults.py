@@ -352,3 +352,20 @@ def test_run_params_reaching_the_scripts_are_the_configs_own(wf):
     assert json.loads(m.group(1)) == {
         **yaml.safe_load((wf / "config.yaml").read_text())["sft"],
         **yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["sft"]}
+
+
+def test_infinities_and_overflowing_numbers_are_refused(tmp_path):
+    """json reads Infinity, -Infinity and 1e999 (which overflows to inf) without complaint: every
+    reader refuses them, naming file and line."""
+    from exoflow.io import RecordError, read_json, read_records
+
+    for token in ("Infinity", "-Infinity", "1e999"):
+        p = tmp_path / "r.jsonl"
+        p.write_text('{"rewards": [1.0]}\n\n{"rewards": [' + token + "]}\n")
+        with pytest.raises(RecordError, match=rf"r\.jsonl:3: not valid JSON \({re.escape(token)} "
+                                              "is not a finite number\\)"):
+            read_records(p)
+        j = tmp_path / "m.json"
+        j.write_text('{\n  "a": 1,\n  "b": ' + token + "\n}\n")
+        with pytest.raises(RecordError, match=r"m\.json:3: not valid JSON"):
+            read_json(j)

@@ -160,3 +160,21 @@ def test_cache_proves_its_content(tiny, tmp_path):
         read_ref_cache(bad)
     _rewrite(bad, settings, rows)  # the same rows with their checksum: accepted
     assert read_ref_cache(bad)[1] == read_ref_cache(tiny.cache)[1]
+
+
+def test_cache_of_other_code_or_precision_is_refused(tiny, tmp_path):
+    """A cache records the hash of the code that computed it (and the precision): a run that
+    says which code it expects refuses a cache made by other code, naming both hashes."""
+    from exoflow.refcache import write_ref_cache
+
+    settings, rows = read_ref_cache(tiny.cache)
+    stamped = tmp_path / "stamped.jsonl"
+    write_ref_cache(stamped, dict(settings, code="aaaa"), rows)
+    args = (tiny.k4, tiny.sft, 0.8, 64, 24)
+    assert load_ref_cache(stamped, *args, code="aaaa", dtype="fp32") == rows
+    with pytest.raises(RefCacheError, match=r"code: cache 'aaaa', run 'bbbb'.*delete it"):
+        load_ref_cache(stamped, *args, code="bbbb")
+    with pytest.raises(RefCacheError, match=r"code: cache None, run 'bbbb'"):
+        load_ref_cache(tiny.cache, *args, code="bbbb")  # made without a code hash
+    with pytest.raises(RefCacheError, match=r"dtype: cache 'fp32', run 'bf16'"):
+        load_ref_cache(stamped, *args, dtype="bf16")

@@ -178,3 +178,21 @@ def test_tables_select_on_validation_and_report_on_the_rest(tmp_path):
     assert r["gold_mean"] == 2.0 and r["val_score"] == 3.0 and bool(r["selected"])
     assert r["report_prompts"] == 2 and r["kl_exact"] == 1.0 and r["kl"] == 0.5
     assert not bool(df[(df["run"] == "a") & (df["ckpt"] == 2)].iloc[0]["selected"])
+
+
+def test_other_prompts_or_too_many_validation_prompts_are_refused(tmp_path):
+    """A checkpoint evaluated on other prompts than SFT (a stale file) would pair the wrong
+    samples: refused, as is a split that leaves nothing to report."""
+    from exoflow.io import read_records
+
+    sft = _write_eval(tmp_path, "sft", 0, 0, [0, 0], [0, 0], [0, 0])
+    a = _write_eval(tmp_path, "a", 1, 10, [1, 1], [1, 1], [1, 1])
+    meta = {"a": {"configuration": "a", "seed": 42, "loss": "exo-rw", "data": "rm_labels",
+                  "num_contrastive": 2}}
+    recs = read_records(a.with_name("rewards.jsonl"))
+    recs[1]["prompt"] = "another prompt"
+    write_records(a.with_name("rewards.jsonl"), recs)
+    with pytest.raises(ValueError, match="evaluated on other prompts"):
+        study_tables(sft, [a], meta, [], val_prompts=1)
+    with pytest.raises(ValueError, match="leave none to report"):
+        study_tables(sft, [], meta, [], val_prompts=2)
