@@ -369,3 +369,32 @@ def test_infinities_and_overflowing_numbers_are_refused(tmp_path):
         j.write_text('{\n  "a": 1,\n  "b": ' + token + "\n}\n")
         with pytest.raises(RecordError, match=r"m\.json:3: not valid JSON"):
             read_json(j)
+
+
+def test_killed_workflow_recovers_as_the_readme_says(tmp_path):
+    """README, "When something fails": kill -9 Snakemake (and its job) mid-SFT; the same command
+    is refused (locked, naming --unlock); the same command with --unlock, then the same command,
+    finishes. (The job's output did not exist yet, so this does not exercise rerun-incomplete,
+    which the default profile sets for outputs that a killed job had started to replace.)"""
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    copy_workflow(wd)
+    cfg = _write_cfg(wd)
+    target = "results/tiny/models/sft/config.json"
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", target, *cfg]
+    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    started = wd / "results/tiny/logs/train_sft/log.log"
+    deadline = time.time() + 300
+    while not started.exists():
+        assert proc.poll() is None and time.time() < deadline, "train_sft never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (wd / target).exists()
+    locked = snakemake(wd, target, *cfg)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    assert snakemake(wd, target, *cfg, "--unlock").returncode == 0
+    done = snakemake(wd, target, *cfg)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert read_json(wd / "results/tiny/models/sft/metrics.json")["global_step"] == 1
