@@ -26,7 +26,8 @@ test-all: lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m ''
 
 # Style and workflow checks (part of `make test`): ruff, snakemake --lint, and a dry run of
-# every shipped config (config.yaml; configs/tiny.yaml; tiny_hh.yaml and study.yaml over tiny.yaml).
+# every shipped config (config.yaml; configs/tiny.yaml; tiny_hh.yaml, study.yaml and
+# tiny_2proc.yaml over tiny.yaml; gpu_check.yaml).
 SMK := $(VENV)/bin/snakemake
 lint: install
 	$(VENV)/bin/ruff check exoflow workflow_scripts tests benchmarks scripts
@@ -36,3 +37,5 @@ lint: install
 	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml
 	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml configs/tiny_hh.yaml
 	$(SMK) study -n --quiet all --configfile configs/tiny.yaml configs/study.yaml
+	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml configs/tiny_2proc.yaml
+	$(SMK) eval_all -n --quiet all --configfile configs/gpu_check.yaml

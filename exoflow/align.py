@@ -151,6 +151,7 @@ def batch_loss(model, batch: dict, params: AlignParams, ref_model=None):
 
 
 _FLOAT_FIELDS = ("rewards", "ref_logps")
+ADAPTERS_DISABLED = "adapters disabled"  # ref_model marker: the LoRA policy, adapters off
 
 
 def _trainer_class():
@@ -179,7 +180,15 @@ def _trainer_class():
             return inputs
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, metrics = batch_loss(model, inputs, self.align_params, self.ref_model)
+            ref_model = self.ref_model
+            if ref_model is ADAPTERS_DISABLED and "ref_logps" not in inputs:
+                # the reference is the policy with its LoRA adapters off: no second copy
+                policy = self.accelerator.unwrap_model(model)
+                B, K = inputs["rewards"].shape
+                with torch.no_grad(), policy.disable_adapter():
+                    ref = sequence_logps(policy, inputs, self.align_params.temp).view(B, K)
+                inputs, ref_model = dict(inputs, ref_logps=ref.float()), None
+            loss, metrics = batch_loss(model, inputs, self.align_params, ref_model)
             if model.training:
                 for k, v in metrics.items():
                     self._metric_sums[k] = self._metric_sums.get(k, 0.0) + v.detach().float()
@@ -304,8 +313,11 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
     args = eng.make_training_args(params, engine, work_dir, log_dir)
     tok = load_tokenizer(policy_init, padding_side="right")
     model = load_causal_lm(policy_init, dtype="fp32")  # mixed precision keeps fp32 master weights
+    model = eng.prepare_model(model, engine, "CAUSAL_LM")
     ref_model = None
-    if ref_logps is None:  # autocast, when used, comes from the Trainer's loss context
+    if ref_logps is None and engine.lora and reference == str(policy_init):
+        ref_model = ADAPTERS_DISABLED  # the policy itself with its LoRA adapters off
+    elif ref_logps is None:  # autocast, when used, comes from the Trainer's loss context
         weights, _ = reference_precision(engine)
         ref_model = load_causal_lm(reference, dtype=weights).to(args.device).eval()
         ref_model.requires_grad_(False)
@@ -313,7 +325,8 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
 
     run = {"stage": "align", "run": out_dir.name, "policy_init": str(policy_init),
            "train": str(train_file), "reference": reference,
-           "ref_logps": "cache" if ref_logps is not None else "model",
+           "ref_logps": ("cache" if ref_logps is not None else "adapters disabled"
+                         if ref_model is ADAPTERS_DISABLED else "model"),
            "align": params.to_dict(), "engine": engine.to_dict()}
     saver = _checkpoint_callback(work_dir, params, tok, run)
     trainer = _trainer_class()(

@@ -32,13 +32,29 @@ def run(main, argv: list[str] | None = None):
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     if debug:
-        return main(argv)
+        out = main(argv)
+        report_gpu_memory()
+        return out
     try:
-        return main(argv)
+        out = main(argv)
+        report_gpu_memory()
+        return out
     except (ExoflowError, FileNotFoundError) as e:
         _fail(str(e))
     except json.JSONDecodeError as e:  # a --params / --engine argument that is not JSON
         _fail(f"a JSON argument is not valid JSON ({e})")
+
+
+def report_gpu_memory() -> None:
+    """On a GPU, one log line with this process's peak allocated memory (what
+    scripts/gpu_report.py reads per stage); nothing on the CPU."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    peak = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+    rank = os.environ.get("RANK", "0")
+    print(f"[exoflow] peak GPU memory (rank {rank}): {peak / 2**30:.2f} GiB", file=sys.stderr,
+          flush=True)
 
 
 def _fail(message: str):

@@ -6,7 +6,7 @@ What a stage gets from here:
   and batch fields of a stage section), both with ``from_dict`` refusing unknown keys;
 * ``make_training_args``: batch semantics (``batch_size`` per optimizer step across all
   processes, ``micro_batch_size`` per process per forward, the rest gradient accumulation),
-  precision (bf16/fp16 on GPU per ``dtype``, fp32 on CPU always), DeepSpeed when
+  precision (``dtype``: bf16 autocast on the CPU or a GPU, fp16 with loss scaling on a GPU only), DeepSpeed when
   ``engine.deepspeed`` names a ZeRO config, checkpoints every ``checkpoint_every`` steps into a
   *work* folder, TensorBoard logs;
 * ``run_trainer``: resumes from the last complete checkpoint of the work folder, unless that
@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,18 @@ class EngineParams(FromDict):
 
     deepspeed: str | None = None
     gpus: int = 0
+    processes: int | None = None
     gradient_checkpointing: bool = False
     num_threads: int | None = None
     logging_steps: int = 10
     checkpoint_every: int = 200
     dtype: str = "fp32"
     seed: int = 42
+    lora: dict | None = None  # config model.lora (exoflow.lora.LoraParams); None: full training
+
+    def n_processes(self) -> int:
+        """Training processes of a job: ``processes``, else ``gpus``, at least 1."""
+        return int(self.processes or max(self.gpus, 1))
 
     def __post_init__(self):
         if self.dtype not in _DTYPES:
@@ -81,8 +88,18 @@ class EngineParams(FromDict):
                 raise ParamsError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus < 0:
             raise ParamsError(f"engine.gpus must be >= 0, got {self.gpus}")
+        if self.processes is not None and self.processes < 1:
+            raise ParamsError(f"engine.processes must be null or >= 1, got {self.processes}")
+        if self.gpus > 0 and self.processes not in (None, self.gpus):
+            raise ParamsError(f"engine.processes {self.processes} with engine.gpus {self.gpus}: on "
+                              "GPUs a job runs one process per GPU; set processes to null or "
+                              f"{self.gpus}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ParamsError(f"engine.num_threads must be null or >= 1, got {self.num_threads}")
+        if self.lora is not None:
+            from .lora import LoraParams
+
+            LoraParams.from_dict(self.lora)
         if self.deepspeed is not None:
             stage = zero_stage(self.deepspeed)
             if stage not in (0, 1, 2):
@@ -192,10 +209,10 @@ def on_cpu(engine: EngineParams) -> bool:
 def reference_precision(engine: EngineParams) -> tuple[str, str | None]:
     """``(weights dtype, autocast dtype or None)`` that run the reference as training runs the
     policy, so that log π_θ − log π_ref starts at 0 rather than at the rounding difference of
-    two precisions: fp32 on the CPU or with dtype fp32; the dtype's weights under DeepSpeed (it
-    converts the model, no autocast); fp32 weights under autocast otherwise (the Trainer's amp).
-    """
-    if on_cpu(engine) or engine.dtype == "fp32":
+    two precisions: fp32 with dtype fp32; the dtype's weights under DeepSpeed (it converts the
+    model, no autocast); fp32 weights under autocast otherwise (the Trainer's amp, on the CPU
+    too)."""
+    if engine.dtype == "fp32":
         return "fp32", None
     if engine.deepspeed:
         return engine.dtype, None
@@ -224,6 +241,37 @@ def single_process_env() -> None:
                       WORLD_SIZE="1")
 
 
+def prepare_model(model, engine: EngineParams, task: str):
+    """The model a stage trains: ``model`` itself, or with ``engine.lora`` wrapped in LoRA
+    adapters (``task``: ``"CAUSAL_LM"`` or ``"SEQ_CLS"``; :mod:`exoflow.lora`)."""
+    if not engine.lora:
+        return model
+    from .lora import apply_lora
+
+    model = apply_lora(model, engine.lora, task)
+    if engine.gradient_checkpointing:
+        model.enable_input_require_grads()  # the frozen embeddings' output must carry grad
+    return model
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, make this worker die when its launcher does (Linux ``PR_SET_PDEATHSIG``).
+
+    torchrun starts each worker in a session of its own, so a SIGKILL of the launcher (the OOM
+    killer, ``kill -9`` of the job's process) would leave the workers training on, writing into
+    the work folder that the rerun resumes from. A no-op outside torchrun and off Linux."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def make_training_args(params, engine: EngineParams, work_dir, log_dir=None, n_procs: int | None = None,
                        **overrides):
     """``TrainingArguments`` for a stage.
@@ -236,10 +284,14 @@ def make_training_args(params, engine: EngineParams, work_dir, log_dir=None, n_p
     """
     from transformers import TrainingArguments
 
+    die_with_launcher()
     if engine.deepspeed:
         single_process_env()
     n_procs = world_size() if n_procs is None else n_procs
     cpu = on_cpu(engine)
+    if cpu and engine.dtype == "fp16":
+        raise ParamsError("model.dtype fp16 needs a GPU (its loss scaling is CUDA's); on the CPU "
+                          "use bf16 or fp32")
     g = lambda name, default=None: getattr(params, name, default)  # noqa: E731
     warmup = g("warmup_steps") or g("warmup_ratio", 0.0) or 0
     max_steps = g("max_steps")
@@ -257,8 +309,8 @@ def make_training_args(params, engine: EngineParams, work_dir, log_dir=None, n_p
         adam_beta2=g("adam_beta2", 0.95),
         weight_decay=g("weight_decay", 0.0),
         max_grad_norm=g("max_grad_norm", 1.0),
-        bf16=not cpu and engine.dtype == "bf16",
-        fp16=not cpu and engine.dtype == "fp16",
+        bf16=engine.dtype == "bf16",  # autocast (CPU or GPU), fp32 master weights
+        fp16=engine.dtype == "fp16",
         use_cpu=cpu,
         deepspeed=engine.deepspeed,
         activation_checkpointing=engine.gradient_checkpointing,
@@ -347,9 +399,11 @@ def trainer_class():
             if self.group_lengths is None or (train_dataset is not None
                                               and train_dataset is not self.train_dataset):
                 return super()._get_train_sampler(train_dataset)
+            # One optimizer step's examples across all processes (accelerate deals the sampler's
+            # micro-batches out in turn), so n processes see the order one process does.
             return length_grouped_sampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                self.group_lengths, seed=self.args.seed)
+                self.args.train_batch_size * self.args.gradient_accumulation_steps
+                * self.args.world_size, self.group_lengths, seed=self.args.seed)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             # transformers 5.x saves some models with their hub key names (GPT-NeoX: lm_head ->
@@ -357,7 +411,11 @@ def trainer_class():
             # so lm_head silently kept its initial weights (huggingface/transformers#43701).
             # DeepSpeed resumes from its own module states and is not affected.
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-            reload_weights(model if model is not None else self.model, resume_from_checkpoint)
+            from .lora import is_peft
+
+            target = model if model is not None else self.model
+            if not is_peft(target):  # a LoRA checkpoint holds the adapters, which peft loads
+                reload_weights(target, resume_from_checkpoint)
 
     return ExoTrainer
 
@@ -516,8 +574,13 @@ def run_trainer(trainer, work_dir, params: dict | None = None):
 def run_info(trainer) -> dict:
     """How the run was executed, for metrics.json (processes, accumulation, engine, precision)."""
     args = trainer.args
+    from .lora import is_peft, parameter_counts
+
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    model = trainer.accelerator.unwrap_model(trainer.model)
     return {
+        **parameter_counts(model),
+        "lora": bool(is_peft(model)),
         "world_size": int(args.world_size),
         "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
         "deepspeed_zero_stage": plugin.zero_stage if trainer.is_deepspeed_enabled else None,
@@ -549,20 +612,29 @@ def mean_train_loss(trainer) -> float:
 
 
 def save_final(trainer, tokenizer, out_dir, params: dict) -> None:
-    """Model (safetensors) + tokenizer + ``exoflow_params.json`` into ``out_dir``.
+    """Model (safetensors) + tokenizer + ``exoflow_params.json`` into ``out_dir``; a LoRA model
+    is saved merged, as the plain model (:func:`exoflow.lora.merged_state_dict`).
 
     Collective under DeepSpeed (every process must call it); only the main process writes.
     """
+    from .lora import is_peft, merged_state_dict
+
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
-    state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
+    lora = is_peft(model)
+    state_dict = None
+    if lora:  # ZeRO <= 2 keeps every parameter whole on every process
+        state_dict = merged_state_dict(model) if acc.is_main_process else None
+    elif trainer.is_deepspeed_enabled:
+        state_dict = acc.get_state_dict(trainer.model_wrapped)
     if acc.is_main_process:
         out_dir = Path(out_dir)
         check_finite_weights(model.state_dict() if state_dict is None else state_dict,
                              f"{getattr(trainer, 'run_name', 'training')} (not saved to {out_dir})")
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
-        model.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+        plain = model.get_base_model() if lora else model
+        plain.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
+        plain.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
         write_json(out_dir / PARAMS_FILE, jsonable(params))
     acc.wait_for_everyone()

@@ -10,8 +10,10 @@ Paths are relative to the results folder ``results/<run_name>/`` (:attr:`Plan.re
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import gpus
 
@@ -124,6 +126,29 @@ class Plan:
     def is_scratch(self) -> bool:
         return self.config["model"]["init"] == "scratch"
 
+    def base_model(self) -> str:
+        """The folder (or hub name) SFT and RM start from: ``models/base`` for scratch, else
+        ``model.init`` (a leading ``~`` expanded)."""
+        init = str(self.config["model"]["init"])
+        if self.is_scratch():
+            return self.res("models/base")
+        return os.path.expanduser(init) if init.startswith("~") else init
+
+    def base_model_inputs(self) -> list[str]:
+        """The files SFT and RM depend on: the scratch base model's config.json (a rule makes
+        it), or for a local ``model.init`` folder its config, weights and tokenizer files, so
+        that a checkpoint fetched again (or replaced) re-runs everything trained from it. A hub
+        name has no local files: the hub's cache is not the workflow's to watch."""
+        if self.is_scratch():
+            return [self.res("models/base/config.json")]
+        folder = Path(self.base_model())
+        if not folder.is_dir():
+            return []
+        keep = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "vocab.json", "merges.txt")
+        return sorted(str(p) for p in folder.iterdir() if p.is_file() and (
+            p.name in keep or p.suffix in (".safetensors", ".bin")))
+
     def gpus(self) -> int:
         return int(self.config["engine"].get("gpus") or 0)
 
@@ -131,7 +156,9 @@ class Plan:
         """``engine`` + the model's ``dtype`` + the top-level ``seed``: what a training script's
         ``--engine`` takes."""
         c = self.config
-        return dict(c["engine"], dtype=c["model"]["dtype"], seed=c["seed"])
+        lora = c["model"].get("lora")
+        return dict(c["engine"], dtype=c["model"]["dtype"], seed=c["seed"],
+                    **({"lora": lora} if lora is not None else {}))
 
     def ref_engine_params(self) -> dict:
         """The engine keys that set the precision the alignment runs train in (and so the one
@@ -140,12 +167,18 @@ class Plan:
         return {"deepspeed": e.get("deepspeed"), "gpus": min(self.gpus(), 1),
                 "dtype": self.config["model"]["dtype"]}
 
+    def processes(self) -> int:
+        """Training processes per job: ``engine.processes``, else ``engine.gpus``, at least 1."""
+        e = self.config["engine"]
+        return int(e.get("processes") or max(self.gpus(), 1))
+
     def train_launcher(self) -> str:
-        """Multi-process training when the job has more than one GPU: torch.distributed.run
-        (torchrun), not the deepspeed launcher, which drops CUDA_VISIBLE_DEVICES (so it would
-        ignore the GPUs SLURM or the lock pool gave the job) and always binds port 29500. The
-        Trainer still runs DeepSpeed ZeRO from engine.deepspeed."""
-        n = self.gpus()
+        """Multi-process training when the job has more than one process (one per GPU, or
+        ``engine.processes`` on the CPU): torch.distributed.run (torchrun), not the deepspeed
+        launcher, which drops CUDA_VISIBLE_DEVICES (so it would ignore the GPUs SLURM or the
+        lock pool gave the job) and always binds port 29500. The Trainer still runs DeepSpeed
+        ZeRO from engine.deepspeed."""
+        n = self.processes()
         if n <= 1:
             return self.python
         return f"{self.python} -m torch.distributed.run --standalone --nproc_per_node {n}"
@@ -326,6 +359,12 @@ class Plan:
         """The sizes of the scoring and log-prob passes of eval_checkpoint."""
         keys = ("max_len", "score_batch_size", "temperature")
         return {k: self.config["eval"][k] for k in keys if k in self.config["eval"]}
+
+    def inference_dtype_arg(self) -> str:
+        """``--dtype <model.dtype>`` for the inference rules (sampling, labelling, evaluation),
+        which load models in that precision ('' for fp32, the saved models' own)."""
+        d = self.config["model"]["dtype"]
+        return "" if d == "fp32" else f"--dtype {d}"
 
     def eval_num_prompts_arg(self) -> str:
         n = self.config["eval"].get("num_prompts")

@@ -144,6 +144,7 @@ def train_rm(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     args = eng.make_training_args(params, engine, work_dir, log_dir)
     tok = load_tokenizer(base, padding_side="right")
     model = load_reward_model(base, dtype="fp32", pad_token_id=tok.pad_token_id)
+    model = eng.prepare_model(model, engine, "SEQ_CLS")
     train_records, test_records = read_records(train_file), read_records(test_file)
     train = encode_rm(tok, train_records, params.max_len, params.max_gen_len)
     test = encode_rm(tok, test_records, params.max_len, params.max_gen_len)

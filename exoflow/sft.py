@@ -97,6 +97,7 @@ def train_sft(base: str, train_file, test_file, out_dir, work_dir, log_dir,
     args = eng.make_training_args(params, engine, work_dir, log_dir)
     tok = load_tokenizer(base, padding_side="right")
     model = load_causal_lm(base, dtype="fp32")  # mixed precision keeps fp32 master weights
+    model = eng.prepare_model(model, engine, "CAUSAL_LM")
     train = encode_sft(tok, read_records(train_file), params.max_len, params.max_gen_len)
     test = encode_sft(tok, read_records(test_file), params.max_len, params.max_gen_len)
     trainer = eng.trainer_class()(model=model, args=args, data_collator=SFTCollator(tok.pad_token_id),

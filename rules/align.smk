@@ -73,6 +73,7 @@ for run in PLAN.align_runs():
             align=as_json(PLAN.run_params(run)),
             engine=as_json(PLAN.run_engine_params(run)),
             launcher=PLAN.train_launcher(),
+            procs=PLAN.processes(),
             ref=(["--ref-logps", *PLAN.ref_cache_inputs(run)] if PLAN.precompute_ref() else []),
             out=parent_of("metrics"),
             work=res(f"work/align/{run}"),
@@ -87,7 +88,7 @@ for run in PLAN.align_runs():
         conda:
             "../envs/exoflow.yaml"
         shell:
-            "{params.gpu}OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} "
+            "{params.gpu}OMP_NUM_THREADS=$(( {threads} / {params.procs} > 1 ? {threads} / {params.procs} : 1 )) {params.launcher} {params.script:q} "
             "--policy {params.model:q} --train {input.data:q} {params.ref:q} "
             "--ref-code-hash {params.ref_code:q} "
             "--out {params.out:q} --work-dir {params.work:q} --log-dir {params.tb:q} "

@@ -86,11 +86,12 @@ def data_params(wildcards):
 
 def base_model_arg(wildcards, input):
     """The folder (or hub name) SFT and RM start from."""
-    return str(Path(input.base[0]).parent) if PLAN.is_scratch() else config["model"]["init"]
+    return relative(PLAN.base_model()) if Path(PLAN.base_model()).exists() else PLAN.base_model()
 
 
 def base_model_input():
-    return [res("models/base/config.json")] if PLAN.is_scratch() else []
+    """The base model's files (exoflow.plan.Plan.base_model_inputs)."""
+    return [relative(p) for p in PLAN.base_model_inputs()]
 
 
 def ckpt_model(wildcards):

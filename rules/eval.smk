@@ -20,6 +20,7 @@ rule sample_checkpoint:
         sample=as_json(PLAN.eval_sample_params()),
         seed=config["seed"],
         gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
+        dtype=PLAN.inference_dtype_arg(),
     wildcard_constraints:
         run=PLAN.eval_run_regex(),
         k=r"0|[1-9]\d*",
@@ -35,7 +36,7 @@ rule sample_checkpoint:
     shell:
         "{params.gpu}{params.cmd} --model {params.model:q} --input {input.prompts:q} "
         "--output {output:q} --params {params.sample:q} --seed {params.seed:q} "
-        "--num-threads {threads} > {log:q} 2>&1"
+        "{params.dtype} --num-threads {threads} > {log:q} 2>&1"
 
 
 rule eval_checkpoint:
@@ -62,6 +63,7 @@ rule eval_checkpoint:
         rm_max_gen_len=config["rm"]["max_gen_len"],
         gold="--gold" if PLAN.is_synthetic() else "",
         gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
+        dtype=PLAN.inference_dtype_arg(),
     wildcard_constraints:
         run=PLAN.eval_run_regex(),
         k=r"0|[1-9]\d*",
@@ -80,8 +82,8 @@ rule eval_checkpoint:
         "--policy {params.policy:q} --output {output.summary:q} "
         "--rewards {output.rewards:q} --run {wildcards.run:q} --ckpt {wildcards.k:q} "
         "--step {params.step:q} --params {params.sizes:q} --rm-max-len {params.rm_max_len:q} "
-        "--rm-max-gen-len {params.rm_max_gen_len:q} {params.gold} --num-threads {threads} "
-        "> {log:q} 2>&1"
+        "--rm-max-gen-len {params.rm_max_gen_len:q} {params.gold} {params.dtype} "
+        "--num-threads {threads} > {log:q} 2>&1"
 
 
 rule eval_dataset:
@@ -103,6 +105,7 @@ rule eval_dataset:
         rm_max_gen_len=config["rm"]["max_gen_len"],
         gold="--gold" if PLAN.is_synthetic() else "",
         gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
+        dtype=PLAN.inference_dtype_arg(),
     threads: 1
     resources:
         gpu=min(PLAN.gpus(), 1),
@@ -116,8 +119,8 @@ rule eval_dataset:
         "{params.gpu}{params.cmd} --rm {params.rm:q} --input {input.pairs:q} "
         "{params.num_prompts} --output {output.summary:q} --rewards {output.rewards:q} "
         "--params {params.sizes:q} --rm-max-len {params.rm_max_len:q} "
-        "--rm-max-gen-len {params.rm_max_gen_len:q} {params.gold} --num-threads {threads} "
-        "> {log:q} 2>&1"
+        "--rm-max-gen-len {params.rm_max_gen_len:q} {params.gold} {params.dtype} "
+        "--num-threads {threads} > {log:q} 2>&1"
 
 
 rule summarize:

@@ -13,6 +13,7 @@ rule sample_sft:
         code=code_of("sample"),
         model=parent_of("model", "input"),
         gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
+        dtype=PLAN.inference_dtype_arg(),
         sample=as_json(config["sample"]),
         seed=config["seed"],
     threads: workflow.cores
@@ -27,7 +28,7 @@ rule sample_sft:
     shell:
         "{params.gpu}{params.cmd} --model {params.model:q} --input {input.prompts:q} "
         "--output {output:q} --params {params.sample:q} --seed {params.seed:q} "
-        "--num-threads {threads} > {log:q} 2>&1"
+        "{params.dtype} --num-threads {threads} > {log:q} 2>&1"
 
 
 rule label_rewards:
@@ -42,6 +43,7 @@ rule label_rewards:
         code=code_of("label_rewards"),
         rm=parent_of("rm", "input"),
         gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
+        dtype=PLAN.inference_dtype_arg(),
         batch_size=config["sample"]["score_batch_size"],
         max_len=config["rm"]["max_len"],
         max_gen_len=config["rm"]["max_gen_len"],
@@ -57,4 +59,5 @@ rule label_rewards:
     shell:
         "{params.gpu}OMP_NUM_THREADS={threads} {params.cmd} --rm {params.rm:q} "
         "--input {input.samples:q} --output {output:q} --batch-size {params.batch_size:q} "
-        "--max-len {params.max_len:q} --max-gen-len {params.max_gen_len:q} > {log:q} 2>&1"
+        "--max-len {params.max_len:q} --max-gen-len {params.max_gen_len:q} {params.dtype} "
+        "> {log:q} 2>&1"

@@ -25,6 +25,7 @@ for stage in ("sft", "rm"):
             section=as_json(config[stage]),
             engine=as_json(PLAN.engine_params()),
             launcher=PLAN.train_launcher(),
+            procs=PLAN.processes(),
             out=parent_of("model"),
             work=res(f"work/{stage}"),
             tb=res(f"logs/tensorboard/{stage}"),
@@ -38,7 +39,7 @@ for stage in ("sft", "rm"):
         conda:
             "../envs/exoflow.yaml"
         shell:
-            "{params.gpu}OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} "
+            "{params.gpu}OMP_NUM_THREADS=$(( {threads} / {params.procs} > 1 ? {threads} / {params.procs} : 1 )) {params.launcher} {params.script:q} "
             "--stage {params.stage} --base {params.base:q} --train {input.train:q} "
             "--test {input.test:q} --out {params.out:q} --work-dir {params.work:q} "
             "--log-dir {params.tb:q} --params {params.section:q} --engine {params.engine:q} "

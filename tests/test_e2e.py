@@ -21,7 +21,7 @@ RUNS = ["exo-rw_nc2", "dpo-rw_nc2", "exo-pref_nc2", "dpo-pref_nc2"]
 QUICK = """
 data:
   synthetic: {num_train: 600, num_test: 64}
-sft: {epochs: 1}
+sft: {epochs: 1, max_steps: 18}
 rm: {epochs: 1}
 sample: {max_new_tokens: 24}
 align:
@@ -239,3 +239,48 @@ def test_report_builds(done):
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (done / "report.html").read_text(errors="replace")
     assert "summary.png" in html and "summary.csv" in html
+
+
+TWO_PROC = """
+engine: {processes: 2, deepspeed: configs/deepspeed/zero2.json}
+sft: {micro_batch_size: 16}
+rm: {micro_batch_size: 16}
+align:
+  defaults: {micro_batch_size: 8}
+"""
+
+
+def test_two_processes_with_zero2_through_the_rules(done, tmp_path):
+    """engine.processes: 2 with DeepSpeed ZeRO-2 (configs/tiny_2proc.yaml's keys) through
+    snakemake on this CPU: SFT, RM and an alignment run train in 2 torchrun processes (gloo),
+    record world_size 2 and ZeRO stage 2, and their loss curves equal the 1-process,
+    plain-PyTorch run's (same global batches and order) to 1e-4 at every step whose global
+    batch is full (SFT stops at step 18, before its partial batch, so that both alignment
+    runs start from the same SFT model). The last step of an epoch of 600 pairs in batches of 32 holds 24: one
+    process trains on those 24, two fill each process's micro-batch of 16 by repeating 8 from
+    the epoch's start (accelerate's even_batches, as the original's DistributedSampler pads),
+    so that step differs (README, "Three ways to run")."""
+    wd = copy_workflow(tmp_path)
+    (wd / "quick.yaml").write_text(QUICK)
+    (wd / "two.yaml").write_text(TWO_PROC)
+    targets = ["results/tiny/models/sft/metrics.json", "results/tiny/models/rm/metrics.json",
+               "results/tiny/models/align/exo-pref_nc2/train_metrics.json"]
+    proc = snakemake(wd, *targets, *CFG, "two.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    for t in targets:
+        two = json.loads((wd / t).read_text())
+        one = json.loads((done / t).read_text())
+        assert (two["run"]["world_size"], two["run"]["deepspeed_zero_stage"]) == (2, 2), t
+        assert (one["run"]["world_size"], one["run"]["deepspeed_zero_stage"]) == (1, None), t
+        assert two["run"]["gradient_accumulation_steps"] * 2 * (8 if "align" in t else 16) == \
+            one["run"]["gradient_accumulation_steps"] * (16 if "align" in t else 32)
+        key = "loss_curve" if "align" in t else "train_loss_curve"
+        c2, c1 = ([(e["step"], e["loss"]) for e in m[key]] for m in (two, one))
+        assert [s for s, _ in c2] == [s for s, _ in c1] != []
+        batch = 16 if "align" in t else 32
+        per_epoch = -(-one["num_train"] // batch)
+        partial = {per_epoch * (e + 1) for e in range(9)} if one["num_train"] % batch else set()
+        full = [(s, a, b) for (s, a), (_, b) in zip(c2, c1) if s not in partial]
+        assert len(full) >= 4
+        for s, a, b in full:
+            assert a == pytest.approx(b, abs=1e-4), (t, s)

@@ -144,7 +144,10 @@ def test_training_args(tmp_path):
     args = make_training_args(p, tiny_engine(dtype="bf16"), tmp_path / "work", tmp_path / "logs",
                               n_procs=2)
     assert args.gradient_accumulation_steps == 1 and args.per_device_train_batch_size == 4
-    assert not args.bf16 and not args.fp16 and args.use_cpu  # CPU: fp32 whatever the dtype
+    assert args.bf16 and not args.fp16 and args.use_cpu  # bf16 autocast on the CPU too
+    assert not make_training_args(p, tiny_engine(), tmp_path / "w2", n_procs=2).bf16
+    with pytest.raises(ParamsError, match="fp16 needs a GPU"):
+        make_training_args(p, tiny_engine(dtype="fp16"), tmp_path / "w3", n_procs=2)
     assert args.output_dir == str(tmp_path / "work")
     assert (args.save_steps, args.save_total_limit, args.logging_steps) == (2, 1, 1)
     assert args.report_to == ["tensorboard"] and args.remove_unused_columns is False

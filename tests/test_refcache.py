@@ -93,16 +93,16 @@ def test_other_settings_are_refused(tiny, tmp_path):
         load_ref_cache(tmp_path / "plain.jsonl", tiny.k4, tiny.sft, 0.8, 64, 24)
 
 
-def test_reference_runs_in_the_policys_precision(monkeypatch):
-    """CPU: fp32. GPU: DeepSpeed converts the weights (no autocast), the Trainer autocasts."""
+def test_reference_runs_in_the_policys_precision():
+    """fp32 as fp32; DeepSpeed converts the weights (no autocast), the Trainer autocasts (on
+    the CPU as on a GPU)."""
     from pathlib import Path
 
     import exoflow.engine as eng
     from exoflow.engine import reference_precision
 
     zero2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
-    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", None)  # no GPU
-    monkeypatch.setattr(eng, "on_cpu", lambda engine: False)
+    assert reference_precision(eng.EngineParams(gpus=0, dtype="bf16")) == ("fp32", "bf16")
     assert reference_precision(eng.EngineParams(gpus=1, dtype="fp32")) == ("fp32", None)
     assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", "bf16")
     assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16", deepspeed=zero2)) == ("bf16", None)

@@ -16,6 +16,7 @@ from exoflow.align import AlignParams
 from exoflow.engine import EngineParams, StageParams
 from exoflow.errors import ExoflowError
 from exoflow.evaluate import EvalParams
+from exoflow.lora import LoraParams
 from exoflow.plan import Plan
 from exoflow.sampling import SampleParams
 
@@ -41,6 +42,11 @@ def engine_props() -> dict:
     return {k: resolved(v) for k, v in SCHEMA["properties"]["engine"]["properties"].items()}
 
 
+def lora_props() -> dict:
+    return {k: resolved(v) for k, v in SCHEMA["properties"]["model"]["properties"]["lora"]
+            ["properties"].items()}
+
+
 def dc_fields(cls, drop=()) -> dict:
     return {f.name: f for f in fields(cls) if f.name not in drop}
 
@@ -52,6 +58,9 @@ def py_types(f) -> tuple[set, bool]:
     names = [a for a in ann.split("|") if a != "None"]
     types = set()
     for n in names:
+        if n == "list[str]":
+            types |= {"array"}
+            continue
         types |= JSON_TYPES[{"int": int, "float": float, "bool": bool, "str": str}[n]]
     return types, nullable
 
@@ -66,7 +75,8 @@ def schema_types(p: dict) -> tuple[set, bool]:
 SECTIONS = [  # (schema properties, dataclass fields, what)
     ("train_stage", lambda: props("train_stage"), lambda: dc_fields(StageParams)),
     ("align_params", lambda: props("align_params"), lambda: dc_fields(AlignParams)),
-    ("engine", engine_props, lambda: dc_fields(EngineParams, drop=("dtype", "seed"))),
+    ("engine", engine_props, lambda: dc_fields(EngineParams, drop=("dtype", "seed", "lora"))),
+    ("lora", lora_props, lambda: dc_fields(LoraParams)),
 ]
 
 
@@ -78,7 +88,9 @@ def test_names_types_defaults_agree(name, get_props, get_fields):
         st, snull = schema_types(p[key])
         dt, dnull = py_types(f[key])
         assert st <= dt and snull == dnull, (name, key, st, snull, dt, dnull)
-        if f[key].default is MISSING:
+        if f[key].default is MISSING and f[key].default_factory is not MISSING:
+            assert p[key].get("default") == f[key].default_factory(), (name, key)
+        elif f[key].default is MISSING:
             assert "default" not in p[key], (name, key, "required in the dataclass")
         else:
             assert p[key].get("default", "<none>") == f[key].default, (name, key)
@@ -116,6 +128,10 @@ def _engine(**kw):
     return EngineParams.from_dict({"deepspeed": None, **kw})
 
 
+def _lora(**kw):
+    return LoraParams.from_dict(kw)
+
+
 def _sample(**kw):
     return SampleParams.from_dict(kw)
 
@@ -137,7 +153,7 @@ EXEMPT = {("max_len", 1)}  # max_gen_len >= 1 leaves no room: refused by the dat
 
 
 def probes(p: dict) -> list:
-    if "enum" in p or schema_types(p)[0] & {"boolean", "string"}:
+    if "enum" in p or schema_types(p)[0] & {"boolean", "string", "array"}:
         return []
     ints = "integer" in schema_types(p)[0] and "number" not in schema_types(p)[0]
     vals = {-1, 0, 1, 2, 3}
@@ -153,12 +169,13 @@ def probes(p: dict) -> list:
 BUILDERS = [("train_stage", props, _stage, StageParams),
             ("align_params", props, _align, AlignParams),
             ("engine", lambda _: engine_props(), _engine, EngineParams),
+            ("lora", lambda _: lora_props(), _lora, LoraParams),
             ("generation", props, _sample, SampleParams),
             ("generation", props, _eval, EvalParams)]
 
 
 @pytest.mark.parametrize("definition,get,build,cls", BUILDERS,
-                         ids=["sft/rm", "align", "engine", "sample", "eval"])
+                         ids=["sft/rm", "align", "engine", "lora", "sample", "eval"])
 def test_bounds_agree(definition, get, build, cls):
     p = get(definition)
     known = {f.name for f in fields(cls)}
@@ -178,7 +195,7 @@ def test_bounds_agree(definition, get, build, cls):
                 dc_ok = False
             assert schema_ok == dc_ok, (definition, key, v, schema_ok, dc_ok)
             checked += 1
-    assert checked >= 9  # every numeric key of the section, at and around its bounds
+    assert checked >= (9 if definition != "lora" else 3)  # every numeric key, at and around its bounds
 
 
 # ---- every field set from a config --------------------------------------------------------
@@ -187,8 +204,9 @@ NON_DEFAULT = {
     "sft": dict(lr=2e-5, epochs=2, batch_size=12, micro_batch_size=3, warmup_ratio=0.1, max_len=300,
                 max_gen_len=100, max_steps=7, adam_beta1=0.8, adam_beta2=0.9, weight_decay=0.01,
                 lr_scheduler="linear", max_grad_norm=0.5, group_by_length=False),
-    "engine": dict(deepspeed=None, gpus=3, gradient_checkpointing=True, num_threads=2,
-                   logging_steps=3, checkpoint_every=7),
+    "engine": dict(deepspeed=None, gpus=3, processes=3, gradient_checkpointing=True,
+                   num_threads=2, logging_steps=3, checkpoint_every=7),
+    "lora": dict(rank=4, alpha=8.0, dropout=0.1, target_modules=["dense"]),
     "align": dict(loss="dpo-rw", data="p2r", lr=3e-6, batch_size=8, micro_batch_size=2,
                   max_steps=12, save_every=4, beta_r=0.3, beta_pi=0.2, temp=0.7,
                   pref_log_eps=-5.0, num_contrastive=4, warmup_steps=2, max_len=300,
@@ -209,12 +227,17 @@ def test_every_field_is_set_from_a_config():
     cfg["align"]["runs"] = {"r": {"loss": "dpo-rw", "data": "p2r"}}
     cfg["eval"] = dict(NON_DEFAULT["eval"])
     cfg["model"]["dtype"], cfg["seed"] = "fp16", 7
+    cfg["model"]["lora"] = dict(NON_DEFAULT["lora"])
     jsonschema.Draft202012Validator(SCHEMA).validate(cfg)
     plan = Plan(cfg)
     for stage in ("sft", "rm"):
         assert StageParams.from_dict(cfg[stage]).to_dict() == NON_DEFAULT["sft"]
     eng = EngineParams.from_dict(plan.engine_params()).to_dict()
-    assert eng == {**NON_DEFAULT["engine"], "dtype": "fp16", "seed": 7}
+    assert eng == {**NON_DEFAULT["engine"], "dtype": "fp16", "seed": 7, "lora": NON_DEFAULT["lora"]}
+    assert LoraParams.from_dict(eng["lora"]).to_dict() == NON_DEFAULT["lora"]
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(LoraParams)}
+    assert all(NON_DEFAULT["lora"][k] != d for k, d in defaults.items())
     assert AlignParams.from_dict(plan.run_params("r")).to_dict() == NON_DEFAULT["align"]
     s = SampleParams.from_dict(plan.eval_sample_params())
     assert {k: getattr(s, k) for k in dc_fields(SampleParams)} == {

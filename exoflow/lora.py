@@ -1,0 +1,115 @@
+"""LoRA (``model.lora``) for SFT, RM and alignment, through peft.
+
+The original scripts offer ``--lora_dim`` (DeepSpeed-Chat's LoRA on the decoder's linear
+layers); here ``model.lora`` = ``{rank, alpha, dropout, target_modules}`` (off when null) wraps
+the model a stage trains in a ``peft`` LoRA model: the base weights are frozen, only the adapters
+(and, for the reward model, its new scalar head) train.
+
+Every model and checkpoint is saved *merged*: each adapted weight ``W + (alpha / rank) B A``
+written under the plain model's names (:func:`merged_state_dict`, computed beside the live
+weights, which stay untouched), so sampling, evaluation and the next stage load an ordinary
+``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` folder and nothing downstream
+knows LoRA was used. Alignment without a reference cache takes the reference from the same
+model with its adapters disabled (no second copy in memory): at the start the two are the SFT
+model exactly, since peft initialises ``B`` to zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .engine import FromDict
+from .errors import ParamsError
+
+__all__ = ["LoraParams", "apply_lora", "is_peft", "merged_state_dict", "parameter_counts"]
+
+# GPT-NeoX (Pythia): attention in and out, the MLP's two layers.
+GPT_NEOX_MODULES = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+@dataclass
+class LoraParams(FromDict):
+    """Config ``model.lora``, each key described in ``schemas/config.schema.yaml``."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(GPT_NEOX_MODULES))
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ParamsError(f"model.lora.rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ParamsError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        if (not isinstance(self.target_modules, (list, tuple)) or not self.target_modules
+                or not all(isinstance(m, str) and m for m in self.target_modules)):
+            raise ParamsError("model.lora.target_modules must be a list naming at least one "
+                              f"module, got {self.target_modules!r}")
+
+
+def apply_lora(model, params: LoraParams | dict, task: str):
+    """``model`` wrapped in LoRA adapters (``task``: ``"CAUSAL_LM"`` or ``"SEQ_CLS"``; for the
+    latter peft also trains the new ``score`` head in full). Refuses target modules the model
+    does not have, naming the ones it has."""
+    from peft import LoraConfig, get_peft_model
+
+    if isinstance(params, dict):
+        params = LoraParams.from_dict(params)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = sorted(set(params.target_modules) - names)
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if type(m).__name__ == "Linear"})
+        raise ParamsError(f"model.lora.target_modules {missing}: the model has no such module; "
+                          f"its linear layers are {linear}")
+    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                        target_modules=list(params.target_modules), task_type=task, bias="none")
+    return get_peft_model(model, config)
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merged_state_dict(model) -> dict:
+    """The plain model's state dict of a peft LoRA ``model``, adapters merged: for every LoRA
+    layer ``weight = base weight + delta`` (peft's ``get_delta_weight``), the reward head's
+    trained copy in place of the original, no adapter tensor. The live model is not modified."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = {}
+    with torch.no_grad():
+        for key, value in base.state_dict().items():
+            parts = key.split(".")
+            if any(p.startswith("lora_") for p in parts) or "original_module" in parts:
+                continue
+            if "modules_to_save" in parts:  # <module>.modules_to_save.<adapter>.<param>
+                i = parts.index("modules_to_save")
+                parts = parts[:i] + parts[i + 2:]
+            if "base_layer" in parts:
+                i = parts.index("base_layer")
+                owner = ".".join(parts[:i])
+                parts = parts[:i] + parts[i + 1:]
+                if parts[-1] == "weight" and owner in lora:
+                    layer = lora[owner]
+                    for adapter in layer.active_adapters:
+                        if adapter in layer.lora_A:
+                            value = value + layer.get_delta_weight(adapter).to(value.dtype)
+            out[".".join(parts)] = value.detach().clone()
+    return out
+
+
+def parameter_counts(model) -> dict:
+    """``{"trainable_params", "total_params"}`` (adapters included in the total)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": int(trainable), "total_params": int(total)}
