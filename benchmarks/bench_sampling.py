@@ -13,8 +13,10 @@ repeat); one untimed warm-up call each first. New tokens are counted by wrapping
 ``model.generate`` (per row: generated tokens before the first EOS/pad), for both sides alike;
 the headline ratio is the median of the per-repeat wall-time ratios for the same prompt set.
 
-exoflow runs each prompt once and copies its KV cache to its n rows (``share_prompt_cache``);
-``--ablations`` adds exoflow without that, to measure its share.
+exoflow runs each prompt once and copies its KV cache to its n rows of a preallocated static
+cache (``share_prompt_cache``, ``static_cache``); ``--ablations`` adds exoflow without the shared
+prompt (and so with generate's own growing cache) and with the shared prompt but a growing cache,
+to measure each one's share.
 
 Note: a random-init model rarely emits EOS, so nearly every row runs to max_new_tokens on both
 sides; the length-sorting gain is then the padding of the prompts (left padding to the batch's
@@ -108,9 +110,15 @@ def main(argv=None):
                     temperature=0.8, top_k=0, top_p=1.0, num_return_sequences=n,
                     return_full_text=False, pad_token_id=tok.pad_token_id)
 
+    def ours_dynamic(ps, n):
+        return sample_completions(model, tok, ps, num_return=n, temperature=0.8, top_k=0,
+                                  max_new_tokens=a.max_new_tokens, max_len=a.max_len,
+                                  batch_size=B, seed=42, progress=False, static_cache=False)
+
     contenders = {"exoflow sample_completions": ours, "pipeline text-generation (unsorted)": theirs}
     if a.ablations:
         contenders["exoflow, prompt cache not shared"] = ours_unshared
+        contenders["exoflow, growing (dynamic) cache"] = ours_dynamic
     print(f"# bench_sampling  size={a.size} params={C.n_params(model) / 1e6:.1f}M  prompts={P} "
           f"(HH harmless-base test, mean {sum(lens) / len(lens):.0f} / max {max(lens)} tokens)  "
           f"batch={B} prompts  max_new_tokens={a.max_new_tokens}  temperature=0.8  "
@@ -153,6 +161,9 @@ def main(argv=None):
             u = res[("exoflow, prompt cache not shared", n)]
             vu = C.median([y["secs"] / x["secs"] for x, y in zip(o, u)])
             rr.append([f"n={n}: shared / not shared prompt cache", f"{vu:.2f}x", "", "-", ""])
+            d = res[("exoflow, growing (dynamic) cache", n)]
+            vd = C.median([y["secs"] / x["secs"] for x, y in zip(o, d)])
+            rr.append([f"n={n}: static / growing cache", f"{vd:.2f}x", "", "-", ""])
     print(C.fmt_table(["completions/prompt", "wall-time ratio", "new tok/s ratio", "target", ""], rr))
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s; load average at the end "
           f"{C.load()} (other jobs on the machine share the 2 cores when it is above ~2)")

@@ -48,6 +48,10 @@ N_HEAD = V * D
 N = N_BODY + N_HEAD             # FLOP-bearing parameters
 N_ALL = N + V * D               # + input embedding
 TRAIN_PAIRS, TEST_PAIRS = 43_835, 2_354
+# Host time to launch one GPT-NeoX layer of a decode step (eager PyTorch), measured on this
+# machine's CPU with benchmarks/bench_decode_step.py (see benchmarks/RESULTS.md); a GPU host
+# launches the same kernels, so it bounds a decode step from below there too.
+LAYER_OVERHEAD_MS = 0.27
 MAX_LEN, MAX_GEN = 512, 200
 
 
@@ -86,6 +90,9 @@ def main(argv=None):
     ap.add_argument("--mfu", type=float, default=0.40)
     ap.add_argument("--hbm-tbs", type=float, default=2.0)
     ap.add_argument("--bw-eff", type=float, default=0.7)
+    ap.add_argument("--layer-overhead-ms", type=float, default=LAYER_OVERHEAD_MS,
+                    help="host time to launch one GPT-NeoX layer of one decode step (measured "
+                         "on this CPU: benchmarks/bench_decode_step.py)")
     a = ap.parse_args(argv)
     eff = a.tflops * 1e12 * a.mfu
     bw = a.hbm_tbs * 1e12 * a.bw_eff
@@ -107,17 +114,29 @@ def main(argv=None):
     def hours(fl):
         return fl / eff / 3600
 
-    def gen_hours(n_prompts, n_ret, batch_prompts, steps=MAX_GEN):
+    overhead = a.layer_overhead_ms * 1e-3 * (L + 2)  # + embedding and head
+
+    def gen_hours(n_prompts, n_ret, batch_prompts, steps=MAX_GEN, how="exoflow"):
+        """GPU-hours of sampling n_ret completions of n_prompts prompts, batch_prompts per
+        generate call that decodes ``steps`` steps (until its longest row ends). A step costs
+        the slowest of: its FLOPs, reading the weights and the KV cache, and launching it from
+        the host (``overhead``: measured per layer); with ``how="generate"`` (transformers'
+        default DynamicCache, each prompt run once per row) the cache is also copied every step
+        (torch.cat: read + write) and the prefill covers every row, with ``"exoflow"`` (one
+        prefill per prompt, a static cache written in place) neither."""
         rows = batch_prompts * n_ret
         calls = -(-n_prompts // batch_prompts)
         pre_T = sorted_padded(prompt_gen, batch_prompts)
-        prefill = fwd_fl(n_prompts * n_ret * pre_T, pre_T) / eff
+        pre_rows = n_prompts * (1 if how == "exoflow" else n_ret)
+        prefill = fwd_fl(pre_rows * pre_T, pre_T) / eff
         decode = 0.0
         for s in range(steps):
             ctx = pre_T + s
+            kv = rows * ctx * 2 * L * D * 2  # bytes of keys and values, bf16
             t_fl = rows * (2 * N + 4 * L * D * ctx) / eff
-            t_bw = (2 * N_ALL + rows * ctx * 2 * L * D * 2) / bw
-            decode += max(t_fl, t_bw)
+            t_bw = (2 * N_ALL + kv) / bw
+            copy = 2 * kv / bw if how == "generate" else 0.0
+            decode += max(t_fl, t_bw, overhead) + copy
         return (prefill + calls * decode) / 3600
 
     stages = []
@@ -134,6 +153,7 @@ def main(argv=None):
     sft_rm_random = hours(train_fl(TRAIN_PAIRS * T_sft_rand, T_sft_rand)) + \
         hours(train_fl(2 * TRAIN_PAIRS * T_rm_rand, T_rm_rand))
     g_sft = gen_hours(TRAIN_PAIRS + TEST_PAIRS, 2, 32)
+    g_sft_hf = gen_hours(TRAIN_PAIRS + TEST_PAIRS, 2, 32, how="generate")
     stages.append(("sample_sft (train+test, 2/prompt)", g_sft, None))
     T_score = sorted_padded(seq_rm, 32)
     n_label = 2 * (TRAIN_PAIRS + TEST_PAIRS)
@@ -157,6 +177,7 @@ def main(argv=None):
     stages.append(("train_align (4 runs, cached ref)", al_pol, al_pad))
     n_ck = 4 * 10 + 1
     g_eval = n_ck * gen_hours(512, 4, 32)
+    g_eval_hf = n_ck * gen_hours(512, 4, 32, how="generate")
     stages.append(("sample_checkpoint (41 ckpts x 512 x 4)", g_eval, None))
     T_ev = sorted_padded(seq_rm, 32)
     ev = n_ck * (hours(fwd_fl(2048 * T_ev, T_ev)) * 3)  # RM score + policy + SFT log-probs
@@ -166,7 +187,8 @@ def main(argv=None):
     print("# paper_cost: config.yaml (Pythia-2.8B, HH helpful-base) on paper")
     print(f"# N = {N / 1e9:.3f}B FLOP-bearing params ({N_ALL / 1e9:.3f}B total); GPU: {a.tflops:.0f} "
           f"TFLOP/s bf16 peak x MFU {a.mfu:.0%} = {eff / 1e12:.0f} TFLOP/s effective; decoding at "
-          f"{a.hbm_tbs} TB/s x {a.bw_eff:.0%}")
+          f"{a.hbm_tbs} TB/s x {a.bw_eff:.0%}; a decode step takes at least {1e3 * overhead:.1f} ms "
+          f"to launch ({a.layer_overhead_ms} ms per layer, {L} layers + embedding + head)")
     print(f"# lengths measured on the local HH harmless-base sample (2,000 train pairs, BPE vocab "
           f"4096, {cpt:.2f} chars/token; Pythia's tokenizer gives ~4 on English, so token counts "
           f"here are ~{4 / cpt:.1f}x high): prompt {mean(pl):.0f}, chosen {mean(cl):.0f}, rejected "
@@ -192,6 +214,25 @@ def main(argv=None):
     ]))
     print(f"# the runs visit {steps * prompts:,} of {TRAIN_PAIRS:,} prompts per data set; the cache "
           f"also drops the second 2.8B model (5.6 GB bf16 per GPU) from every alignment job")
+    print(C.fmt_table(["sampling at paper scale", "GPU-h (exoflow)", "GPU-h (generate, default cache)",
+                       "ratio"], [
+        ["sample_sft (train+test, 2/prompt, 32 prompts/call)", f"{g_sft:.2f}", f"{g_sft_hf:.2f}",
+         f"{g_sft_hf / g_sft:.2f}x"],
+        ["sample_checkpoint (41 ckpts x 512 x 4)", f"{g_eval:.2f}", f"{g_eval_hf:.2f}",
+         f"{g_eval_hf / g_eval:.2f}x"]]))
+    rows_step = 32 * 4
+    t_launch = overhead
+    t_w = 2 * N_ALL / bw
+    print(f"# a decode step of {rows_step} rows: launching it {1e3 * t_launch:.1f} ms, reading the "
+          f"weights {1e3 * t_w:.1f} ms: decoding in eager PyTorch is launch bound at these batch "
+          f"sizes, so every row that has ended but keeps decoding until its batch's longest row "
+          f"ends costs the same as a useful one ({MAX_GEN} steps per call; the mean useful "
+          f"response is ~{resp_mean:.0f} tokens)")
+    print("# vLLM (not measured here; published figures only): its announcement (June 2023) reports up to "
+          "24x the throughput of transformers' generate and 3.5x TGI's (LLaMA-7B/13B, ShareGPT), the "
+          "paper (Kwon et al., SOSP 2023) 2-4x FasterTransformer's and Orca's at equal latency. Here "
+          "it would remove the launch floor (CUDA graphs) and the rows that decode after they end "
+          "(continuous batching), the two costs this model says dominate sampling.")
     print(f"# train_sft + train_rm: {stages[0][1] + stages[1][1]:.2f} GPU-h with length-grouped batches; "
           f"{sft_rm_random:.2f} GPU-h with random batches")
     print(f"# train_align: {al_pol:.2f} GPU-h with length-grouped batches (width ~{T_grp:.0f}) and the LM "

@@ -182,30 +182,87 @@ def _strip_generated(ids: list[int], eos_id: int) -> list[int]:
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
-def _shared_prompt_cache(model, batch: dict, repeats: int, device):
-    """The KV cache of a left-padded batch of distinct prompts without their last token,
-    computed once per prompt and repeated ``repeats`` times per row (``generate`` then feeds
-    the last prompt token and decodes). Position ids follow the attention mask, as in
-    ``generate``."""
-    ids = batch["input_ids"][:, :-1].to(device)
-    mask = batch["attention_mask"][:, :-1].to(device)
+def prefill_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
+    """Indices of ``lengths`` (longest first) in groups that a padded forward computes with at
+    most ``slack`` x their real positions: a batch of length-sorted prompts is still padded to
+    its longest, which a few long prompts make wasteful; each group is padded to its own."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g and lengths[g[0]] * (len(g) + 1) <= slack * (sum(lengths[j] for j in g) + lengths[i]):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _prefix_forward(model, seqs: list[list[int]], pad_id: int, device):
+    """The KV cache of ``seqs`` left-padded to their longest (position ids follow the mask, as
+    in ``generate``; the LM head skipped: ``logits_to_keep=1``)."""
+    b = pad_batch([_as_prompt(x) for x in seqs], pad_id, side="left")
+    ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).past_key_values
-    cache.batch_repeat_interleave(repeats)
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                 logits_to_keep=1).past_key_values
+
+
+def _shared_prompt_cache(model, prompts: list[list[int]], width: int, repeats: int, pad_id: int,
+                         device, max_new_tokens: int, static: bool = True):
+    """The KV cache of a batch of distinct prompts left-padded to ``width`` tokens, without
+    their last token (``generate`` then feeds it and decodes), each prompt computed once and
+    copied to its ``repeats`` rows.
+
+    The cache is a preallocated ``StaticCache`` with room for ``max_new_tokens`` more: a static
+    cache writes each step's keys and values in place, where a ``DynamicCache`` copies the
+    whole cache with ``torch.cat`` every step. The prompts are run in :func:`prefill_groups`
+    (padding bounded per group) and each one's keys and values are placed at its left-padded
+    positions; the padding positions stay zero, masked by the attention mask as before.
+    ``static=False`` (benchmarks' ablation): one padded forward, generate's growing cache."""
+    from transformers import StaticCache
+
+    seqs = [x[:-1] for x in prompts]
+    if not static:
+        prefix = _prefix_forward(model, seqs, pad_id, device)
+        prefix.batch_repeat_interleave(repeats)
+        return prefix
+    keys: list = []
+    values: list = []
+    for group in prefill_groups([len(x) for x in seqs]):
+        group = [i for i in group if seqs[i]]  # a one-token prompt has nothing to prefill
+        if not group:
+            continue
+        part = _prefix_forward(model, [seqs[i] for i in group], pad_id, device)
+        for li, layer in enumerate(part.layers):
+            if li == len(keys):
+                shape = (len(seqs), layer.keys.shape[1], width - 1)
+                keys.append(layer.keys.new_zeros(*shape, layer.keys.shape[-1]))
+                values.append(layer.values.new_zeros(*shape, layer.values.shape[-1]))
+            w = layer.keys.shape[2]
+            for r, i in enumerate(group):
+                n = len(seqs[i])
+                keys[li][i, :, width - 1 - n:] = layer.keys[r, :, w - n:]
+                values[li][i, :, width - 1 - n:] = layer.values[r, :, w - n:]
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    for layer, k, v in zip(cache.layers, keys, values):
+        layer.update(k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0))
     return cache
 
 
 def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                        temperature: float, top_k: int, max_new_tokens: int, max_len: int,
                        batch_size: int, seed: int, progress: bool = True,
-                       share_prompt_cache: bool = True) -> list[list[str]]:
+                       share_prompt_cache: bool = True,
+                       static_cache: bool = True) -> list[list[str]]:
     """``num_return`` completions for each prompt, in prompt order (see the module docstring).
 
     ``batch_size`` counts prompts; a ``generate`` call holds ``batch_size * num_return`` rows.
     Prompts are left-truncated to ``max_len`` tokens (an empty prompt becomes one EOS, the
     Pythia BOS). ``temperature=0`` is greedy (all ``num_return`` completions then agree).
     ``share_prompt_cache``: run each prompt through the model once and copy its KV cache to
-    its ``num_return`` rows, instead of once per row (same samples, less prompt compute).
+    its ``num_return`` rows of a preallocated static cache, instead of once per row into
+    ``generate``'s growing one (same samples; less prompt compute, no cache copy per step).
+    ``static_cache=False`` keeps the shared prompt forward but the growing cache.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -239,7 +296,9 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                 stop = StoppingCriteriaList([_turn_stopper(tokenizer, ends, width)])
                 extra = {}
                 if share_prompt_cache and num_return > 1 and width > 1:
-                    extra["past_key_values"] = _shared_prompt_cache(model, uniq, num_return, device)
+                    extra["cache"] = _shared_prompt_cache(
+                        model, [encoded[i] for i in idx], width, num_return, pad_id, device,
+                        max_new_tokens, static_cache)
                 out = model.generate(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),

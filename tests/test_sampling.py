@@ -108,13 +108,41 @@ def test_samples_do_not_depend_on_batching_or_num_prompts(lm, tok, prompts):
 
 @pytest.mark.parametrize("num_return", [2, 4])
 def test_shared_prompt_cache_gives_the_same_samples(lm, tok, prompts, num_return):
-    """Each prompt run once and its KV cache copied to its rows = each row run on its own
-    (batches mix prompt lengths, so left padding is in the shared cache too)."""
+    """Each prompt run once and its KV cache copied to its rows of a static cache = the same
+    with a growing cache = each row run on its own with generate's cache (batches mix prompt
+    lengths, so left padding is in the shared cache too)."""
     shared = sample_completions(lm, tok, prompts, **kw(num_return=num_return, batch_size=4))
+    growing = sample_completions(lm, tok, prompts, **kw(num_return=num_return, batch_size=4,
+                                                        static_cache=False))
     alone = sample_completions(lm, tok, prompts, **kw(num_return=num_return, batch_size=4,
                                                       share_prompt_cache=False))
-    assert shared == alone
+    assert shared == growing == alone
     assert sum(len(c) for x in shared for c in x) > 20 * num_return  # real text, not empty
+
+
+def test_prefill_groups_bound_the_padding():
+    """Hand-worked: groups of the length-sorted prompts whose padded size stays within 1.25x
+    of their real tokens (491 alone: 2 x 491 > 1.25 x 778; 287..161 together: 4 x 287 <=
+    1.25 x 998, but not with 67; 27 and 18 together: 54 <= 56.25)."""
+    from exoflow.sampling import prefill_groups
+
+    lengths = [67, 287, 18, 491, 270, 161, 280, 27]
+    groups = prefill_groups(lengths)
+    assert [[lengths[i] for i in g] for g in groups] == [
+        [491], [287, 280, 270, 161], [67], [27, 18]]
+    assert sorted(i for g in groups for i in g) == list(range(8))
+
+
+def test_shared_cache_of_prompts_of_very_different_lengths(lm, tok):
+    """Prompts of 1 to ~100 tokens in one batch (several prefill groups, a one-token prompt
+    with nothing to prefill): the same samples as each row run on its own."""
+    ps = ["a", "\n\nHuman: hi\n\nAssistant:", "\n\nHuman: " + "tell me more " * 30 + "\n\nAssistant:",
+          "\n\nHuman: " + "word " * 8 + "\n\nAssistant:"]
+    lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in ps]
+    assert lens[0] == 1 and max(lens) > 60
+    shared = sample_completions(lm, tok, ps, **kw(num_return=3, batch_size=4))
+    alone = sample_completions(lm, tok, ps, **kw(num_return=3, batch_size=4, share_prompt_cache=False))
+    assert shared == alone
 
 
 def test_greedy_left_padding_matches_unpadded_generate(lm, tok, prompts):
