@@ -16,7 +16,8 @@ split into K/N groups of N (:func:`exoflow.losses.group_candidates`) and the los
 
 The reference log-probs come from a cache made once by :mod:`exoflow.refcache` (the reference is
 frozen) or, with ``precompute_ref: false``, from the reference model run in every step under
-``no_grad``.
+``no_grad``; with LoRA (``model.lora``) that reference is the policy itself with its adapters
+disabled (:mod:`exoflow.lora`), not a second copy.
 
 Checkpoints: ``ckpt<k>`` (k = 1..max_steps // save_every) at optimizer step k·save_every, each a
 ``save_pretrained`` folder with ``exoflow_params.json``. They are written into the work folder

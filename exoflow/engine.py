@@ -268,8 +268,6 @@ def die_with_launcher() -> None:
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the call above
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def make_training_args(params, engine: EngineParams, work_dir, log_dir=None, n_procs: int | None = None,
