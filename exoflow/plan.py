@@ -167,6 +167,13 @@ class Plan:
         return {"deepspeed": e.get("deepspeed"), "gpus": min(self.gpus(), 1),
                 "dtype": self.config["model"]["dtype"]}
 
+    def deepspeed_inputs(self) -> list[str]:
+        """``[engine.deepspeed]`` when set: an input of every rule whose job it configures
+        (training, and the reference cache whose precision it decides), so that an edited ZeRO
+        config re-runs them (Snakemake compares the file's contents)."""
+        ds = self.config["engine"].get("deepspeed")
+        return [str(ds)] if ds else []
+
     def processes(self) -> int:
         """Training processes per job: ``engine.processes``, else ``engine.gpus``, at least 1."""
         e = self.config["engine"]

@@ -21,6 +21,7 @@ rule precompute_ref:
     input:
         model=res("models/sft/config.json"),
         data=res("data/{data}/train.jsonl"),
+        deepspeed=PLAN.deepspeed_inputs(),
     output:
         res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}.jsonl"),
     params:
@@ -61,6 +62,7 @@ for run in PLAN.align_runs():
             model=res("models/sft/config.json"),
             data=PLAN.align_data(run),
             ref=PLAN.ref_cache_inputs(run),
+            deepspeed=PLAN.deepspeed_inputs(),
         output:
             ckpts=PLAN.align_ckpt_configs(run),
             metrics=PLAN.align_metrics(run),

@@ -13,6 +13,7 @@ for stage in ("sft", "rm"):
             base=base_model_input(),
             train=res("data/pref/train.jsonl"),
             test=res("data/pref/test.jsonl"),
+            deepspeed=PLAN.deepspeed_inputs(),
         output:
             model=res(f"models/{stage}/config.json"),
             metrics=res(f"models/{stage}/metrics.json"),

@@ -32,3 +32,23 @@ def test_common_smk_holds_no_planning_logic():
                               "command", "code_of", "data_params", "base_model_arg",
                               "base_model_input", "ckpt_model", "ckpt_step", "parent_of"}
     assert len(src.splitlines()) < 130
+
+
+def test_the_deepspeed_config_is_an_input_of_the_jobs_it_configures():
+    """Editing engine.deepspeed's JSON must re-run what it configures (it was a params path
+    only, so an edited file re-ran nothing): it is an input of the training rules and of the
+    reference cache, and of nothing else."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "eval_all", "-n", "--forceall",
+                          "--configfile", "configs/tiny.yaml", "configs/tiny_2proc.yaml"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    rules_with = set()
+    rule = None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\S+):$", line.strip())
+        if m:
+            rule = m.group(1)
+        if line.strip().startswith("input:") and "configs/deepspeed/zero2.json" in line:
+            rules_with.add(rule)
+    assert rules_with == {"train_sft", "train_rm", "precompute_ref", "train_align_exo_rw_nc2",
+                          "train_align_dpo_rw_nc2", "train_align_exo_pref_nc2",
+                          "train_align_dpo_pref_nc2"}
