@@ -127,3 +127,28 @@ def test_the_rules_launch_engine_processes():
         "py -m torch.distributed.run --standalone --nproc_per_node 2")
     assert Plan(dict(cfg, engine=dict(cfg["engine"], gpus=0)), python="py").train_launcher() == "py"
     assert Plan(cfg, python="py").processes() == 8  # null: one per GPU
+
+
+def test_lora_under_zero2_with_two_processes(tiny):
+    """LoRA RM training in 2 processes with DeepSpeed ZeRO-2 = 1 process, plain PyTorch: the
+    same loss at every step and the same merged weights saved (a plain folder)."""
+    from safetensors.torch import load_file
+
+    env_ds = dict(deepspeed=str(ROOT / "configs" / "deepspeed" / "zero2.json"), lora={"rank": 4})
+    c1, d1 = train_cmd(tiny, "lora_one", stage="rm", lora={"rank": 4})
+    c2, d2 = train_cmd(tiny, "lora_two", stage="rm", procs=2, **env_ds)
+    run(c1)
+    run(c2)
+    one, two = (read_json(d / "out" / "metrics.json") for d in (d1, d2))
+    assert two["run"]["world_size"] == 2 and two["run"]["deepspeed_zero_stage"] == 2
+    assert two["run"]["lora"] and two["run"]["trainable_params"] == one["run"]["trainable_params"]
+    assert_same_run_rm(two, one)
+    a, b = (load_file(str(d / "out" / "model.safetensors")) for d in (d1, d2))
+    assert set(a) == set(b) and not any("lora" in k for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def assert_same_run_rm(m, ref):
+    for x, y in zip(m["train_loss_curve"], ref["train_loss_curve"]):
+        assert x["loss"] == pytest.approx(y["loss"], abs=TOL), x["step"]
+    assert m["test_mean_margin"] == pytest.approx(ref["test_mean_margin"], abs=TOL)
