@@ -71,6 +71,21 @@ def main(argv=None):
     def peak():
         return torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
 
+    def timed(fn):
+        """(median seconds of ``a.repeats`` calls ``fn(i)`` after one warm-up, the last result);
+        the peak memory counter is reset before each call."""
+        times, out = [], None
+        for i in range(a.repeats + 1):
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0 = time.perf_counter()
+            out = fn(i)
+            sync()
+            if i:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times), out
+
     # ---- one alignment step ----------------------------------------------------------------
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -86,30 +101,24 @@ def main(argv=None):
              "ref_logps": (-2.0 * G * torch.rand(B, K, generator=g)).to(dev)}
     params = AlignParams(loss="exo-rw", data="rm_labels", lr=1e-6, batch_size=B, micro_batch_size=B,
                          max_steps=1, save_every=1)
-    times = []
-    for i in range(a.repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = time.perf_counter()
+
+    def train_step(_):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             loss, _ = batch_loss(model, batch, params)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sync()
-        if i:
-            times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+
+    step, _ = timed(train_step)
     print(f"# bench_gpu_shapes shape={a.shape} params={n_params / 1e9:.3f}B device={a.device} "
           f"torch {torch.__version__}" + (f" {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""))
     print(f"alignment step: {B} prompts x {K} candidates x {T} tokens, fp32 weights + bf16 "
-          f"autocast, gradient checkpointing, AdamW: {step:.3f} s (median of {len(times)}), "
+          f"autocast, gradient checkpointing, AdamW: {step:.3f} s (median of {a.repeats}), "
           f"{B * K * T / step:,.0f} tokens/s, peak memory {peak():.1f} GiB")
 
     # ---- one sampling batch ----------------------------------------------------------------
-    del opt
+    opt = None  # free the optimizer states before sampling
     model.zero_grad(set_to_none=True)
     model.activation_checkpointing_disable()
     model.config.use_cache = True
@@ -128,22 +137,12 @@ def main(argv=None):
     prompts = [" ".join(f"w{int(x)}" for x in torch.randint(2, s["vocab"], (P - 8 * (i % 4),),
                                                            generator=g))
                for i in range(a.sample_prompts)]
-    times = []
-    for i in range(a.repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = time.perf_counter()
-        outs = sample_completions(model, tok, prompts, num_return=2, temperature=0.8, top_k=0,
-                                  max_new_tokens=G, max_len=T, batch_size=a.sample_prompts,
-                                  seed=i, progress=False)
-        sync()
-        if i:
-            times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+    t, outs = timed(lambda i: sample_completions(
+        model, tok, prompts, num_return=2, temperature=0.8, top_k=0, max_new_tokens=G,
+        max_len=T, batch_size=a.sample_prompts, seed=i, progress=False))
     new = sum(len(c.split()) for o in outs for c in o)
     print(f"sampling batch: {len(prompts)} prompts (~{P} tokens) x 2 completions x {G} new "
-          f"tokens, bf16 weights: {t:.3f} s (median of {len(times)}), "
+          f"tokens, bf16 weights: {t:.3f} s (median of {a.repeats}), "
           f"{len(prompts) * 2 * G / t:,.0f} generated positions/s ({new} words decoded), "
           f"peak memory {peak():.1f} GiB")
 

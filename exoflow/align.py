@@ -326,7 +326,7 @@ def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: Ali
 
     run = {"stage": "align", "run": out_dir.name, "policy_init": str(policy_init),
            "train": str(train_file), "reference": reference,
-           "ref_logps": ("cache" if ref_logps is not None else "adapters disabled"
+           "ref_logps": ("cache" if ref_logps is not None else ADAPTERS_DISABLED
                          if ref_model is ADAPTERS_DISABLED else "model"),
            "align": params.to_dict(), "engine": engine.to_dict()}
     saver = _checkpoint_callback(work_dir, params, tok, run)

@@ -32,17 +32,19 @@ def run(main, argv: list[str] | None = None):
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     if debug:
-        out = main(argv)
-        report_gpu_memory()
-        return out
+        return _main_reporting_memory(main, argv)
     try:
-        out = main(argv)
-        report_gpu_memory()
-        return out
+        return _main_reporting_memory(main, argv)
     except (ExoflowError, FileNotFoundError) as e:
         _fail(str(e))
     except json.JSONDecodeError as e:  # a --params / --engine argument that is not JSON
         _fail(f"a JSON argument is not valid JSON ({e})")
+
+
+def _main_reporting_memory(main, argv):
+    out = main(argv)
+    report_gpu_memory()
+    return out
 
 
 def report_gpu_memory() -> None:

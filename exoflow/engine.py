@@ -76,10 +76,6 @@ class EngineParams(FromDict):
     seed: int = 42
     lora: dict | None = None  # config model.lora (exoflow.lora.LoraParams); None: full training
 
-    def n_processes(self) -> int:
-        """Training processes of a job: ``processes``, else ``gpus``, at least 1."""
-        return int(self.processes or max(self.gpus, 1))
-
     def __post_init__(self):
         if self.dtype not in _DTYPES:
             raise ParamsError(f"engine dtype {self.dtype!r}: use one of {list(_DTYPES)}")

@@ -80,7 +80,8 @@ def is_peft(model) -> bool:
 def merged_state_dict(model) -> dict:
     """The plain model's state dict of a peft LoRA ``model``, adapters merged: for every LoRA
     layer ``weight = base weight + delta`` (peft's ``get_delta_weight``), the reward head's
-    trained copy in place of the original, no adapter tensor. The live model is not modified."""
+    trained copy in place of the original, no adapter tensor. The live model is not modified;
+    only the merged weights are new tensors (the others are the state dict's own, not copies)."""
     import torch
     from peft.tuners.lora import LoraLayer
 
@@ -104,7 +105,7 @@ def merged_state_dict(model) -> dict:
                     for adapter in layer.active_adapters:
                         if adapter in layer.lora_A:
                             value = value + layer.get_delta_weight(adapter).to(value.dtype)
-            out[".".join(parts)] = value.detach().clone()
+            out[".".join(parts)] = value
     return out
 
 

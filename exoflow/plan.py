@@ -132,7 +132,7 @@ class Plan:
         init = str(self.config["model"]["init"])
         if self.is_scratch():
             return self.res("models/base")
-        return os.path.expanduser(init) if init.startswith("~") else init
+        return os.path.expanduser(init)
 
     def base_model_inputs(self) -> list[str]:
         """The files SFT and RM depend on: the scratch base model's config.json (a rule makes
