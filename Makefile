@@ -25,12 +25,13 @@ test: lint
 test-all: lint
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m ''
 
-# Style and workflow checks (part of `make test`): ruff, snakemake --lint, and a dry run of
-# every shipped config (config.yaml; configs/tiny.yaml; tiny_hh.yaml, study.yaml and
-# tiny_2proc.yaml over tiny.yaml; gpu_check.yaml).
+# Style and workflow checks (part of `make test`): ruff, snakefmt (the rule files), snakemake
+# --lint, and a dry run of every shipped config (config.yaml; configs/tiny.yaml; tiny_hh.yaml,
+# study.yaml and tiny_2proc.yaml over tiny.yaml; gpu_check.yaml).
 SMK := $(VENV)/bin/snakemake
 lint: install
 	$(VENV)/bin/ruff check exoflow workflow_scripts tests benchmarks scripts
+	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(SMK) --lint
 	$(SMK) --lint --configfile configs/tiny.yaml
 	$(SMK) eval_all -n --quiet all

@@ -26,9 +26,9 @@ include: "rules/study.smk"
 
 
 rule all:
+    default_target: True
     input:
         PLAN.all_targets(),
-    default_target: True
 
 
 rule data:

@@ -98,7 +98,7 @@ def _run_exoflow(name: str, cfg: dict, tmp: Path, steps: int) -> dict:
     import torch
 
     import exoflow.align as A
-    from exoflow.engine import EngineParams
+    from exoflow.params import AlignParams, EngineParams, Runtime
 
     loss = "exo-pref" if "exo-pref" in name else "dpo-pref"
     pad_to = cfg["max_len"] if name.startswith("original") else None
@@ -129,13 +129,13 @@ def _run_exoflow(name: str, cfg: dict, tmp: Path, steps: int) -> dict:
         # (what the original scripts and trl do)
         A.sequence_logps = C.all_position_head_logps
     try:
-        params = A.AlignParams(loss=loss, data="p2r", lr=LR, batch_size=cfg["batch"],
+        params = AlignParams(loss=loss, data="p2r", lr=LR, batch_size=cfg["batch"],
                                micro_batch_size=cfg["batch"], max_steps=steps,
                                save_every=steps, max_len=cfg["max_len"],
                                max_gen_len=cfg["max_gen_len"],
                                group_by_length=not (original or "random batches" in name))
-        engine = EngineParams(num_threads=C.THREADS, logging_steps=10, checkpoint_every=10_000,
-                              dtype="fp32", seed=42)
+        engine = Runtime(engine=EngineParams(num_threads=C.THREADS, logging_steps=10,
+                                             checkpoint_every=10_000), dtype="fp32", seed=42)
         timer = _StepTimer()
         A.train_align(cfg["model"], cfg["data"], tmp / "out", tmp / "work", None, params, engine,
                       ref_cache=None if online else cfg["ref_cache"], callbacks=[timer])
@@ -226,8 +226,8 @@ def worker(name: str, cfg: dict, conn) -> None:
 
 
 def prepare(size: str, steps: int, batch: int, max_len: int, max_gen_len: int) -> dict:
-    from exoflow.engine import EngineParams
     from exoflow.io import write_records
+    from exoflow.params import EngineParams, Runtime
     from exoflow.refcache import precompute_ref
 
     tok = C.load_tok()
@@ -260,7 +260,8 @@ def prepare(size: str, steps: int, batch: int, max_len: int, max_gen_len: int) -
     cache = work / "ref_cache.jsonl"
     t0 = time.perf_counter()
     precompute_ref(model, data, cache, temp=0.8, max_len=max_len, max_gen_len=max_gen_len,
-                   batch_size=2 * batch, engine=EngineParams(num_threads=C.THREADS), progress=False)
+                   batch_size=2 * batch,
+                   runtime=Runtime(engine=EngineParams(num_threads=C.THREADS)), progress=False)
     t_ref = time.perf_counter() - t0
     lens = [len(tok(p["prompt"] + y, add_special_tokens=False)["input_ids"]) + 1
             for p in pairs for y in (p["chosen"], p["rejected"])]

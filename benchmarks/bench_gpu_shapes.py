@@ -46,8 +46,9 @@ def main(argv=None):
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from exoflow.align import AlignParams, batch_loss
+    from exoflow.align import batch_loss
     from exoflow.modeling import EOS_TOKEN, PAD_TOKEN
+    from exoflow.params import AlignParams
     from exoflow.sampling import sample_completions
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():

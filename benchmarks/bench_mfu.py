@@ -66,6 +66,7 @@ def main(argv=None):
     import exoflow.align_data as D
     from exoflow.logps import text_logps
     from exoflow.modeling import load_causal_lm
+    from exoflow.params import AlignParams
 
     t_start = time.perf_counter()
     tok = C.load_tok()
@@ -77,7 +78,7 @@ def main(argv=None):
     pairs = [p for p in C.hh_pairs("train")][:n_pairs]
     records = [{"prompt": p["prompt"], "completions": [p["chosen"], p["rejected"]],
                 "rewards": [1.0, 0.0]} for p in pairs]
-    params = A.AlignParams(loss="exo-pref", data="p2r", lr=1e-5, batch_size=a.batch,
+    params = AlignParams(loss="exo-pref", data="p2r", lr=1e-5, batch_size=a.batch,
                            micro_batch_size=a.batch, max_steps=1, save_every=1,
                            max_len=a.max_len, max_gen_len=a.max_gen_len)
     ref = text_logps(model, tok, [r["prompt"] for r in records],

@@ -22,97 +22,38 @@ disabled (:mod:`exoflow.lora`), not a second copy.
 Checkpoints: ``ckpt<k>`` (k = 1..max_steps // save_every) at optimizer step k·save_every, each a
 ``save_pretrained`` folder with ``exoflow_params.json``. They are written into the work folder
 while training (Snakemake deletes a failed job's outputs, and a resumed run must still have the
-checkpoints before its resume point), then moved into the output folder at the end.
+checkpoints before its resume point), then moved into the output folder at the end, beside
+``metrics.json`` (:mod:`exoflow.recipe`; its ``loss_curve`` has the loss's metrics per step).
 """
 
 from __future__ import annotations
 
-import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine as eng
+import torch
+from transformers import TrainerCallback
+
 from .align_data import AlignCollator, check_num_candidates, encode_align
-from .engine import EngineParams, FromDict, check_optimizer, reference_precision, step_records
-from .errors import ExoflowError, ParamsError
-from .io import read_json, read_numbered, write_json
+from .errors import ExoflowError
+from .io import read_numbered, write_json
 from .logps import model_response_logps
-from .losses import LOSSES, alignment_loss, group_candidates
-from .modeling import load_causal_lm, load_tokenizer
-from .refcache import load_ref_cache, reference_dtype
+from .losses import alignment_loss, group_candidates
+from .modeling import load_causal_lm
+from .params import AlignParams
+from .recipe import METRICS_FILE, Recipe
+from .refcache import load_ref_cache
+from .runtime import reference_dtype, reference_precision
+from .trainer import ExoTrainer
+from .workdir import (
+    checkpoint_step,
+    last_checkpoint,
+    remove_checkpoints,
+    save_model,
+    stamp_differs,
+)
 
-__all__ = ["AlignParams", "batch_loss", "sequence_logps", "train_align"]
-
-
-@dataclass
-class AlignParams(FromDict):
-    """One alignment run: config ``align.defaults`` updated with the run's entry, each key
-    described in ``schemas/config.schema.yaml`` (definitions.align_params)."""
-
-    loss: str
-    data: str
-    lr: float
-    batch_size: int
-    micro_batch_size: int
-    max_steps: int
-    save_every: int
-    beta_r: float = 0.5
-    beta_pi: float = 0.5
-    temp: float = 0.8
-    pref_log_eps: float = -10.0
-    num_contrastive: int = 2
-    warmup_steps: int = 0
-    max_len: int = 512
-    max_gen_len: int = 200
-    # The paper's optimiser (exact-optimization src/align_stage): Adam (0.9, 0.95), cosine
-    # schedule, no weight decay, gradient clipping 1.0.
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    group_by_length: bool = True
-
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ParamsError(f"align loss {self.loss!r}: use one of {sorted(LOSSES)}")
-        for name in ("lr", "beta_r", "beta_pi", "temp"):
-            if not getattr(self, name) > 0:
-                raise ParamsError(f"align.{name} must be > 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.pref_log_eps) and self.pref_log_eps < 0):
-            raise ParamsError(f"align.pref_log_eps must be a finite negative number, "
-                              f"got {self.pref_log_eps}")
-        if isinstance(self.num_contrastive, bool) or int(self.num_contrastive) < 2:
-            raise ParamsError(f"align.num_contrastive must be an integer >= 2, "
-                              f"got {self.num_contrastive}")
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ParamsError("align: batch_size and micro_batch_size must be >= 1")
-        if self.batch_size % self.micro_batch_size:
-            raise ParamsError(
-                f"align: batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                f"{self.micro_batch_size}; set batch_size = micro_batch_size x GPUs x accumulation")
-        if self.max_steps < 1 or self.save_every < 1:
-            raise ParamsError("align: max_steps and save_every must be >= 1")
-        if self.max_steps % self.save_every:
-            raise ParamsError(
-                f"align: max_steps {self.max_steps} is not a multiple of save_every "
-                f"{self.save_every}: the steps after the last checkpoint would be trained and "
-                "thrown away; make max_steps a multiple of save_every")
-        if self.warmup_steps < 0:
-            raise ParamsError(f"align.warmup_steps must be >= 0, got {self.warmup_steps}")
-        check_optimizer(self, "align")
-        if not 0 < self.max_gen_len < self.max_len:
-            raise ParamsError(
-                f"align: need 0 < max_gen_len < max_len (got {self.max_gen_len}, {self.max_len}) "
-                "so that some prompt fits")
-
-    @property
-    def num_checkpoints(self) -> int:
-        return self.max_steps // self.save_every
-
-    def checkpoint_steps(self) -> list[int]:
-        return [k * self.save_every for k in range(1, self.num_checkpoints + 1)]
+__all__ = ["AlignRecipe", "batch_loss", "sequence_logps", "train_align"]
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -128,8 +69,6 @@ def sequence_logps(model, batch: dict, temperature: float):
 def batch_loss(model, batch: dict, params: AlignParams, ref_model=None):
     """``(loss, metrics)`` of one collated batch: the policy's log-probs against the cached
     ``batch["ref_logps"]`` or, without them, against ``ref_model`` run under no_grad."""
-    import torch
-
     B, K = batch["rewards"].shape
     policy = sequence_logps(model, batch, params.temp).view(B, K)  # (B, K)
     if "ref_logps" in batch:
@@ -155,59 +94,54 @@ _FLOAT_FIELDS = ("rewards", "ref_logps")
 ADAPTERS_DISABLED = "adapters disabled"  # ref_model marker: the LoRA policy, adapters off
 
 
-def _trainer_class():
-    import torch
+class AlignTrainer(ExoTrainer):
+    """Trainer with the alignment loss; logs :func:`alignment_loss`'s metrics (averaged over
+    the micro-batches since the last log and over processes) next to ``loss``."""
 
-    class AlignTrainer(eng.trainer_class()):
-        """Trainer with the alignment loss; logs :func:`alignment_loss`'s metrics (averaged over
-        the micro-batches since the last log and over processes) next to ``loss``."""
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by accumulation
 
-        loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by accumulation
+    def __init__(self, *args, align_params: AlignParams, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.align_params = align_params
+        self.ref_model = ref_model
+        self._metric_sums: dict = {}
+        self._metric_count = 0
 
-        def __init__(self, *args, align_params: AlignParams, ref_model=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.align_params = align_params
-            self.ref_model = ref_model
-            self._metric_sums: dict = {}
-            self._metric_count = 0
+    def _prepare_inputs(self, inputs):
+        # The Trainer would cast float tensors to DeepSpeed's bf16/fp16, which cannot hold
+        # summed log-probs of a few hundred nats to better than ~1: keep them fp32.
+        keep = {k: inputs.pop(k) for k in _FLOAT_FIELDS if k in inputs}
+        inputs = super()._prepare_inputs(inputs)
+        for k, v in keep.items():
+            inputs[k] = v.to(device=self.args.device, dtype=torch.float32)
+        return inputs
 
-        def _prepare_inputs(self, inputs):
-            # The Trainer would cast float tensors to DeepSpeed's bf16/fp16, which cannot hold
-            # summed log-probs of a few hundred nats to better than ~1: keep them fp32.
-            keep = {k: inputs.pop(k) for k in _FLOAT_FIELDS if k in inputs}
-            inputs = super()._prepare_inputs(inputs)
-            for k, v in keep.items():
-                inputs[k] = v.to(device=self.args.device, dtype=torch.float32)
-            return inputs
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ref_model = self.ref_model
+        if ref_model is ADAPTERS_DISABLED and "ref_logps" not in inputs:
+            # the reference is the policy with its LoRA adapters off: no second copy
+            policy = self.accelerator.unwrap_model(model)
+            B, K = inputs["rewards"].shape
+            with torch.no_grad(), policy.disable_adapter():
+                ref = sequence_logps(policy, inputs, self.align_params.temp).view(B, K)
+            inputs, ref_model = dict(inputs, ref_logps=ref.float()), None
+        loss, metrics = batch_loss(model, inputs, self.align_params, ref_model)
+        if model.training:
+            for k, v in metrics.items():
+                self._metric_sums[k] = self._metric_sums.get(k, 0.0) + v.detach().float()
+                self.add_step_metric(k, v / self.current_gradient_accumulation_steps)
+            self._metric_count += 1
+        return (loss, metrics) if return_outputs else loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            ref_model = self.ref_model
-            if ref_model is ADAPTERS_DISABLED and "ref_logps" not in inputs:
-                # the reference is the policy with its LoRA adapters off: no second copy
-                policy = self.accelerator.unwrap_model(model)
-                B, K = inputs["rewards"].shape
-                with torch.no_grad(), policy.disable_adapter():
-                    ref = sequence_logps(policy, inputs, self.align_params.temp).view(B, K)
-                inputs, ref_model = dict(inputs, ref_logps=ref.float()), None
-            loss, metrics = batch_loss(model, inputs, self.align_params, ref_model)
-            if model.training:
-                for k, v in metrics.items():
-                    self._metric_sums[k] = self._metric_sums.get(k, 0.0) + v.detach().float()
-                    self.add_step_metric(k, v / self.current_gradient_accumulation_steps)
-                self._metric_count += 1
-            return (loss, metrics) if return_outputs else loss
-
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs and self._metric_count:
-                names = sorted(self._metric_sums)
-                t = torch.stack([self._metric_sums[k] for k in names]) / self._metric_count
-                if self.args.world_size > 1:
-                    t = self.accelerator.reduce(t, reduction="mean")
-                logs.update({k: float(v) for k, v in zip(names, t.tolist())})
-                self._metric_sums, self._metric_count = {}, 0
-            return super().log(logs, *args, **kwargs)
-
-    return AlignTrainer
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._metric_count:
+            names = sorted(self._metric_sums)
+            t = torch.stack([self._metric_sums[k] for k in names]) / self._metric_count
+            if self.args.world_size > 1:
+                t = self.accelerator.reduce(t, reduction="mean")
+            logs.update({k: float(v) for k, v in zip(names, t.tolist())})
+            self._metric_sums, self._metric_count = {}, 0
+        return super().log(logs, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -217,159 +151,159 @@ def _ckpt_dirs(folder: Path) -> list[Path]:
     return [p for p in Path(folder).glob("ckpt*") if p.is_dir() and p.name[4:].isdigit()]
 
 
-def _checkpoint_callback(work_dir: Path, params: AlignParams, tokenizer, run_params: dict):
-    from transformers import TrainerCallback
+class SaveAlignCheckpoints(TrainerCallback):
+    """``<work_dir>/ckpt<k>`` at step k·save_every; a folder appears only when complete."""
 
-    class SaveAlignCheckpoints(TrainerCallback):
-        """``<work_dir>/ckpt<k>`` at step k·save_every; a folder appears only when complete."""
+    def __init__(self, recipe: AlignRecipe):
+        self.recipe = recipe
 
-        trainer = None  # set once the Trainer exists
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step = state.global_step
-            if step % params.save_every or step // params.save_every > params.num_checkpoints:
-                return
-            k = step // params.save_every
-            dest = work_dir / f"ckpt{k}"
-            tmp = work_dir / f".ckpt{k}.tmp"
-            main = self.trainer.accelerator.is_main_process
-            if main and tmp.exists():
-                shutil.rmtree(tmp)
-            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            use_cache = model.config.use_cache
-            eng.save_final(self.trainer, tokenizer, tmp,
-                           dict(run_params, checkpoint=k, step=step))
-            model.config.use_cache = use_cache
-            if main:
-                if dest.exists():
-                    shutil.rmtree(dest)
-                tmp.rename(dest)
-            self.trainer.accelerator.wait_for_everyone()
-
-    return SaveAlignCheckpoints()
-
-
-def _prepare_work_dir(work_dir: Path, params: AlignParams, stamp: dict) -> None:
-    """Drop what a resume cannot use: ``ckpt<k>`` folders made with other parameters, and
-    Trainer checkpoints past a ``ckpt<k>`` that is missing (it would never be re-made)."""
-    stamp_file = work_dir / eng.PARAMS_FILE
-    if stamp_file.exists() and read_json(stamp_file) != eng.jsonable(stamp):
-        for p in _ckpt_dirs(work_dir):
-            shutil.rmtree(p)
-        return  # run_trainer drops the Trainer checkpoints too
-    last = eng.last_checkpoint(work_dir)
-    if last:
-        step = int(Path(last).name.split("-")[1])
-        missing = [k for k in range(1, min(step // params.save_every, params.num_checkpoints) + 1)
-                   if not (work_dir / f"ckpt{k}" / "config.json").exists()]
-        if missing:
-            print(f"[exoflow] {work_dir}: ckpt{missing[0]} is missing before {last}; starting over",
-                  flush=True)
-            eng.remove_checkpoints(work_dir)
-
-
-def _log_curve(trainer) -> list[dict]:
-    """Every optimizer step: ``step``, ``loss`` and the alignment metrics (each the mean over
-    the step's micro-batches and processes; complete after a resume)."""
-    return [{("loss" if k == "step_loss" else k): (int(v) if k == "step" else float(v))
-             for k, v in e.items()} for e in step_records(trainer)]
+    def on_step_end(self, args, state, control, **kwargs):
+        params, work_dir, trainer = self.recipe.params, self.recipe.work_dir, self.recipe.trainer
+        step = state.global_step
+        if step % params.save_every or step // params.save_every > params.num_checkpoints:
+            return
+        k = step // params.save_every
+        dest, tmp = work_dir / f"ckpt{k}", work_dir / f".ckpt{k}.tmp"
+        main = trainer.accelerator.is_main_process
+        if main and tmp.exists():
+            shutil.rmtree(tmp)
+        save_model(trainer, self.recipe.tokenizer, tmp,
+                   dict(self.recipe.stamp(), checkpoint=k, step=step))
+        if main:
+            if dest.exists():
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+        trainer.accelerator.wait_for_everyone()
 
 
 # ------------------------------------------------------------------------------ the run
 
 
-def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: AlignParams,
-                engine: EngineParams, ref_cache=None, reference=None, callbacks=None,
-                ref_code: str | None = None) -> dict:
-    """Align ``policy_init`` on ``train_file``; write ``ckpt1..ckptn`` and ``train_metrics.json``
-    into ``out_dir``.
+class AlignRecipe(Recipe):
+    """Align ``base`` (the SFT model) on ``train_file``; write ``ckpt1..ckptn`` and
+    ``metrics.json`` into ``out_dir``.
 
     Reference log-probs come from ``ref_cache`` (a :mod:`exoflow.refcache` file, checked against
     the data and settings) or, when it is None, from the model ``reference`` (default: the
-    policy's initialisation, i.e. the SFT model) in every step. Trainer checkpoints and the
-    ``ckpt<k>`` folders live in ``work_dir`` until the end (resumed from if present); TensorBoard
-    logs go to ``log_dir``. ``callbacks``: extra ``TrainerCallback``s. ``ref_code``: the code
-    hash the cache must have been made with (the workflow's precompute_ref code; None: not
-    checked). Returns the metrics also
-    written to ``<out_dir>/train_metrics.json``.
+    policy's initialisation, i.e. the SFT model) in every step (with LoRA: the policy with its
+    adapters disabled). ``ref_code``: the code hash the cache must have been made with (the
+    workflow's precompute_ref code; None: not checked).
     """
-    from transformers import set_seed
 
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
-    eng.setup_threads(engine)
-    set_seed(engine.seed)
-    numbered = read_numbered(train_file)
-    records = [r for _, r in numbered]
-    k = check_num_candidates(records, params.num_contrastive, str(train_file),
-                             lines=[n for n, _ in numbered])
-    reference = str(reference or policy_init)
-    ref_logps = None
-    if ref_cache is not None:
-        ref_logps = load_ref_cache(ref_cache, data_file=train_file, reference=reference,
-                                   temp=params.temp, max_len=params.max_len,
-                                   max_gen_len=params.max_gen_len, code=ref_code,
-                                   dtype=reference_dtype(engine), records=records,
-                                   lines=[n for n, _ in numbered])
+    stage = "align"
+    trainer_class = AlignTrainer
 
-    args = eng.make_training_args(params, engine, work_dir, log_dir)
-    tok = load_tokenizer(policy_init, padding_side="right")
-    model = load_causal_lm(policy_init, dtype="fp32")  # mixed precision keeps fp32 master weights
-    model = eng.prepare_model(model, engine, "CAUSAL_LM")
-    ref_model = None
-    if ref_logps is None and engine.lora and reference == str(policy_init):
-        ref_model = ADAPTERS_DISABLED  # the policy itself with its LoRA adapters off
-    elif ref_logps is None:  # autocast, when used, comes from the Trainer's loss context
-        weights, _ = reference_precision(engine)
-        ref_model = load_causal_lm(reference, dtype=weights).to(args.device).eval()
-        ref_model.requires_grad_(False)
-    train = encode_align(tok, records, params.max_len, params.max_gen_len, ref_logps)
+    def __init__(self, *args, ref_cache=None, reference=None, ref_code: str | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ref_cache, self.ref_code = ref_cache, ref_code
+        self.reference = str(reference or self.base)
+        self.saver = SaveAlignCheckpoints(self)
 
-    run = {"stage": "align", "run": out_dir.name, "policy_init": str(policy_init),
-           "train": str(train_file), "reference": reference,
-           "ref_logps": ("cache" if ref_logps is not None else ADAPTERS_DISABLED
-                         if ref_model is ADAPTERS_DISABLED else "model"),
-           "align": params.to_dict(), "engine": engine.to_dict()}
-    saver = _checkpoint_callback(work_dir, params, tok, run)
-    trainer = _trainer_class()(
-        model=model, args=args, data_collator=AlignCollator(tok.pad_token_id), train_dataset=train,
-        processing_class=tok, align_params=params, ref_model=ref_model,
-        run_name=f"train_align {out_dir.name}",
-        group_lengths=([max(len(ids) for ids in f["input_ids"]) for f in train]
-                       if params.group_by_length else None),
-        callbacks=[saver, *(callbacks or [])])
-    saver.trainer = trainer
-    eng.attach_tensorboard(trainer, log_dir)
-    if trainer.accelerator.is_main_process:
-        eng.empty_dir(out_dir, keep=(work_dir, log_dir))
-        work_dir.mkdir(parents=True, exist_ok=True)
-        _prepare_work_dir(work_dir, params, run)
-    trainer.accelerator.wait_for_everyone()
-    eng.run_trainer(trainer, work_dir, run)
+    @property
+    def run_name(self) -> str:
+        return f"train_align {self.out_dir.name}"
 
-    metrics = {
-        "loss_curve": _log_curve(trainer),
-        "train_loss": eng.mean_train_loss(trainer),
-        "global_step": int(trainer.state.global_step),
-        "resumed_from": trainer.resumed_from,
-        "run": eng.run_info(trainer),
-        "num_train": len(train),
-        "num_candidates": k,
-        "checkpoint_steps": params.checkpoint_steps(),
-        "ref_logps": run["ref_logps"],
-    }
-    if trainer.is_world_process_zero():
-        missing = [j for j in range(1, params.num_checkpoints + 1)
-                   if not (work_dir / f"ckpt{j}" / "config.json").exists()]
-        if missing:
-            raise ExoflowError(f"{work_dir}: checkpoints {missing} were not written; delete the "
-                               "folder and run again")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for j in range(1, params.num_checkpoints + 1):
-            dest = out_dir / f"ckpt{j}"
-            if dest.exists():  # Snakemake creates the output folders beforehand
-                shutil.rmtree(dest)
-            shutil.move(str(work_dir / f"ckpt{j}"), str(dest))
-        write_json(out_dir / "train_metrics.json", metrics)
-        eng.remove_checkpoints(work_dir)
-    trainer.accelerator.wait_for_everyone()
-    return metrics
+    def load_data(self):
+        numbered = read_numbered(self.train_file)
+        self.train_records = [r for _, r in numbered]
+        lines = [n for n, _ in numbered]
+        self.num_candidates = check_num_candidates(
+            self.train_records, self.params.num_contrastive, str(self.train_file), lines=lines)
+        self.ref_logps = None
+        if self.ref_cache is not None:
+            p = self.params
+            self.ref_logps = load_ref_cache(
+                self.ref_cache, data_file=self.train_file, reference=self.reference,
+                temp=p.temp, max_len=p.max_len, max_gen_len=p.max_gen_len, code=self.ref_code,
+                dtype=reference_dtype(self.rt), records=self.train_records, lines=lines)
+
+    def load_model(self):
+        return load_causal_lm(self.base, dtype="fp32")  # mixed precision keeps fp32 masters
+
+    def reference_model(self):
+        """The reference run in every step: None with a cache, the LoRA policy's adapters
+        disabled, or the reference model in the training precision (autocast, when used,
+        comes from the Trainer's loss context)."""
+        if self.ref_logps is not None:
+            return None
+        if self.rt.lora and self.reference == self.base:
+            return ADAPTERS_DISABLED
+        weights, _ = reference_precision(self.rt)
+        model = load_causal_lm(self.reference, dtype=weights).to(self.args.device).eval()
+        return model.requires_grad_(False)
+
+    def encode(self, records):
+        return encode_align(self.tokenizer, records, self.params.max_len,
+                            self.params.max_gen_len, self.ref_logps)
+
+    def collator(self):
+        return AlignCollator(self.tokenizer.pad_token_id)
+
+    def group_length(self, feature):
+        return max(len(ids) for ids in feature["input_ids"])
+
+    def callbacks(self):
+        return [self.saver]
+
+    def trainer_kwargs(self):
+        self.ref_model = self.reference_model()
+        return {"align_params": self.params, "ref_model": self.ref_model}
+
+    def stamp(self):
+        ref = ("cache" if self.ref_logps is not None else ADAPTERS_DISABLED
+               if getattr(self, "ref_model", None) is ADAPTERS_DISABLED else "model")
+        return {**super().stamp(), "run": self.out_dir.name, "reference": self.reference,
+                "ref_logps": ref}
+
+    def before_train(self, trainer):
+        """Drop what a resume cannot use: ``ckpt<k>`` folders made with other parameters, and
+        Trainer checkpoints past a ``ckpt<k>`` that is missing (it would never be re-made)."""
+        work, p = self.work_dir, self.params
+        work.mkdir(parents=True, exist_ok=True)
+        if stamp_differs(work, self.stamp()):
+            for d in _ckpt_dirs(work):
+                shutil.rmtree(d)
+            return  # run_trainer drops the Trainer checkpoints too
+        last = last_checkpoint(work)
+        if last:
+            missing = [k for k in range(1, min(checkpoint_step(last) // p.save_every,
+                                               p.num_checkpoints) + 1)
+                       if not (work / f"ckpt{k}" / "config.json").exists()]
+            if missing:
+                print(f"[exoflow] {work}: ckpt{missing[0]} is missing before {last}; starting "
+                      "over", flush=True)
+                remove_checkpoints(work)
+
+    def evaluate(self, trainer):
+        return {"num_candidates": self.num_candidates,
+                "checkpoint_steps": self.params.checkpoint_steps(),
+                "ref_logps": self.stamp()["ref_logps"]}
+
+    def finish(self, trainer, metrics):
+        """Move the checkpoints from the work folder into ``out_dir`` beside metrics.json."""
+        if trainer.is_world_process_zero():
+            work, n = self.work_dir, self.params.num_checkpoints
+            missing = [j for j in range(1, n + 1) if not (work / f"ckpt{j}" / "config.json").exists()]
+            if missing:
+                raise ExoflowError(f"{work}: checkpoints {missing} were not written; delete the "
+                                   "folder and run again")
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for j in range(1, n + 1):
+                dest = self.out_dir / f"ckpt{j}"
+                if dest.exists():  # Snakemake creates the output folders beforehand
+                    shutil.rmtree(dest)
+                shutil.move(str(work / f"ckpt{j}"), str(dest))
+            write_json(self.out_dir / METRICS_FILE, metrics)
+            remove_checkpoints(work)
+        trainer.accelerator.wait_for_everyone()
+
+
+def train_align(policy_init, train_file, out_dir, work_dir, log_dir, params: AlignParams,
+                runtime, ref_cache=None, reference=None, callbacks=None,
+                ref_code: str | None = None) -> dict:
+    """:class:`AlignRecipe` run; returns the metrics also written to
+    ``<out_dir>/metrics.json``."""
+    return AlignRecipe(policy_init, train_file, out_dir, work_dir, log_dir, params, runtime,
+                       callbacks=callbacks, ref_cache=ref_cache, reference=reference,
+                       ref_code=ref_code).run()

@@ -1,7 +1,15 @@
-"""What every workflow script does with an error: one line, non-zero exit, no traceback.
+"""What every workflow script shares: its argument list, and one line for an error.
 
-    if __name__ == "__main__":
-        cli.run(main)
+**Arguments, each listed once.** A script declares its arguments with :class:`ScriptParser`,
+each with the place of its rule it comes from: ``p.input("rm", ...)`` is ``--rm``, read from the
+rule's ``input.rm``; ``p.output``, ``p.param`` (a value, or a parameter section as JSON),
+``p.wildcard`` and ``p.threads`` likewise. The rule's shell line is generated
+from that list (:func:`shell_args`, called by ``rules/common.smk``), so a rule and its script
+cannot drift apart: a name the rule lacks fails the dry run. By hand, the same flags::
+
+    python workflow_scripts/label_rewards.py --rm results/tiny/models/rm ...
+
+**Errors.** ``if __name__ == "__main__": cli.run(main)``:
 
 :func:`run` calls ``main()``; an :class:`~exoflow.errors.ExoflowError` (bad input, a corrupt
 file, a diverged run), a missing file or a malformed ``--params`` JSON ends the process with
@@ -13,6 +21,7 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,6 +29,103 @@ import sys
 from .errors import ExoflowError
 
 DEBUG_ENV = "EXOFLOW_DEBUG"
+SOURCES = ("input", "output", "params", "wildcards", "threads")
+
+
+def value(text: str):
+    """A command-line value: JSON (``null``, ``true``, ``42``, ``{...}``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for a workflow script, each argument tagged with the place of its rule it is
+    read from (:data:`SOURCES`); :func:`shell_args` writes the rule's shell words from it."""
+
+    def __init__(self, doc: str, launched: bool = False):
+        super().__init__(description=doc.strip().splitlines()[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+        self.sources: dict[str, str] = {}
+        self.sections: dict[str, type] = {}
+        if launched:  # torchrun's and deepspeed's own argument
+            self.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                              help=argparse.SUPPRESS)
+
+    def _tagged(self, source: str, name: str, help: str, **kwargs):
+        self.sources[name] = source
+        kwargs.setdefault("required", "default" not in kwargs and kwargs.get("nargs") not in
+                          ("?", "*"))
+        return self.add_argument("--" + name.replace("_", "-"), dest=name,
+                                 help=f"{help} [rule {source}]", **kwargs)
+
+    def input(self, name: str, help: str, **kwargs):
+        return self._tagged("input", name, help, **kwargs)
+
+    def output(self, name: str, help: str, **kwargs):
+        return self._tagged("output", name, help, **kwargs)
+
+    def param(self, name: str, help: str, type=value, section=None, **kwargs):
+        """A rule's params value; with ``section`` (a class of :mod:`exoflow.params`) a JSON
+        object, or the path of a JSON file, read as that class once parsed (its errors are
+        one line, as every error of a script)."""
+        if section is not None:
+            self.sections[name], type = section, str
+        return self._tagged("params", name, help, type=type, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        for name, cls in self.sections.items():
+            if getattr(ns, name) is not None:
+                setattr(ns, name, cls.from_json(getattr(ns, name),
+                                                 cls.SECTION or "--" + name.replace("_", "-")))
+        return ns
+
+    def wildcard(self, name: str, help: str, **kwargs):
+        return self._tagged("wildcards", name, help, **kwargs)
+
+    def threads(self):
+        """``--threads``: the job's CPU threads (torch's), the rule's ``{threads}``."""
+        return self._tagged("threads", "threads", "torch CPU threads", type=int, default=None)
+
+
+def add_scoring_args(p: ScriptParser, what: str) -> None:
+    """The arguments both evaluations (a checkpoint's samples, the dataset's responses) take
+    after their own: the RM's layout, gold or not, the precision, threads and the two outputs
+    (``what``: which models the precision applies to)."""
+    from .params import LayoutParams
+
+    p.param("rm_layout", "the RM's max_len and max_gen_len, as JSON", section=LayoutParams)
+    p.param("gold", "also the synthetic gold reward (true/false)")
+    p.param("dtype", f"the precision to load {what} in (null: their own)", default=None)
+    p.threads()
+    p.output("summary", "reward.json")
+    p.output("rewards", "per-prompt rewards, JSON Lines")
+
+
+def script_parser(path) -> ScriptParser:
+    """The :class:`ScriptParser` of the workflow script at ``path`` (its ``make_parser()``; a
+    script imports only this module and :mod:`exoflow.params` before ``main`` runs)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"exoflow_workflow_script_{path.stem}", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.make_parser()
+
+
+def shell_args(parser: ScriptParser) -> str:
+    """The shell words a rule passes to the script of ``parser``: ``--<name> {<source>.<name>:q}``
+    for every argument (``{threads}`` for the threads), in the script's order."""
+    words = []
+    for name, source in parser.sources.items():
+        flag = "--" + name.replace("_", "-")
+        words.append(f"{flag} {{threads}}" if source == "threads"
+                     else f"{flag} {{{source}.{name}:q}}")
+    return " ".join(words)
 
 
 def debug_requested(argv: list[str]) -> bool:
@@ -37,7 +143,7 @@ def run(main, argv: list[str] | None = None):
         return _main_reporting_memory(main, argv)
     except (ExoflowError, FileNotFoundError) as e:
         _fail(str(e))
-    except json.JSONDecodeError as e:  # a --params / --engine argument that is not JSON
+    except json.JSONDecodeError as e:  # a JSON argument that is not JSON
         _fail(f"a JSON argument is not valid JSON ({e})")
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from . import hh, synthetic
 from .errors import ExoflowError
 from .io import RecordError, find_split_file, iter_records
+from .params import DataParams
 
 HUB_DATASET = "Anthropic/hh-rlhf"
 
@@ -87,17 +88,14 @@ def iter_synthetic(n: int, seed: int, split: str, label_noise: float) -> Iterato
         yield f"synthetic/{split}:{i}", rec
 
 
-def iter_source(data: dict, split: str, seed: int) -> Iterator[tuple[str, object]]:
-    source = data["source"]
-    if source == "hub":
-        return iter_hub(data.get("subset") or "helpful-base", split)
-    if source == "local":
-        return iter_local(data.get("path"), split, data.get("on_bad_row", "error"))
-    if source == "synthetic":
-        syn = data.get("synthetic") or {}
-        n = syn.get("num_train" if split == "train" else "num_test", 1000)
-        return iter_synthetic(n, seed, split, syn.get("label_noise", 0.25))
-    raise DataSourceError(f"unknown data.source {source!r}: use hub, local or synthetic")
+def iter_source(data: DataParams, split: str, seed: int) -> Iterator[tuple[str, object]]:
+    if data.source == "hub":
+        return iter_hub(data.subset, split)
+    if data.source == "local":
+        return iter_local(data.path, split, data.on_bad_row)
+    syn = data.synthetic
+    n = syn.num_train if split == "train" else syn.num_test
+    return iter_synthetic(n, seed, split, syn.label_noise)
 
 
 # -- preprocessing ------------------------------------------------------------------------------
@@ -143,10 +141,13 @@ def subsample(pairs: list[dict], max_n: int | None, seed: int) -> list[dict]:
     return [pairs[i] for i in keep]
 
 
-def prepare_split(data: dict, split: str, seed: int) -> tuple[list[dict], dict]:
-    """Preprocessed (and subsampled) pairs of one split, and its stats."""
-    pairs, stats = preprocess(iter_source(data, split, seed), data.get("on_bad_row", "error"))
-    max_n = data.get("max_train" if split == "train" else "max_test")
+def prepare_split(data: DataParams | dict, split: str, seed: int) -> tuple[list[dict], dict]:
+    """Preprocessed (and subsampled) pairs of one split, and its stats (``data``: the config's
+    data section)."""
+    if isinstance(data, dict):
+        data = DataParams.from_dict(data)
+    pairs, stats = preprocess(iter_source(data, split, seed), data.on_bad_row)
+    max_n = data.max_train if split == "train" else data.max_test
     kept = subsample(pairs, max_n, seed)
     stats.subsampled_out = len(pairs) - len(kept)
     stats.kept = len(kept)

@@ -4,7 +4,7 @@ Per checkpoint ``k`` of a run, on the first ``eval.num_prompts`` test prompts wi
 ``eval.num_return`` samples each (``samples/<run>/ckpt<k>/test.jsonl``, drawn with the
 same seed for every checkpoint, see ``exoflow.sampling``):
 
-* **reward**: the RM reward of every sample, summarised by ``rewards.summarize_rewards``
+* **reward**: the RM reward of every sample, summarised by ``stats.summarize``
   (mean, std, count, normal 95% interval of the mean).
 * **win rate** against the SFT model: sample ``j`` of prompt ``i`` is paired with SFT
   sample ``j`` of prompt ``i`` (``samples/sft/ckpt0/test.jsonl``); the pair scores 1 if the
@@ -59,12 +59,14 @@ rejected responses of the same prompts::
 
 Example::
 
-    from exoflow.evaluate import EvalParams, eval_checkpoint
-    p = EvalParams(max_len=256, score_batch_size=64, rm_max_len=256, rm_max_gen_len=64)
+    from exoflow.evaluate import eval_checkpoint
+    from exoflow.params import EvalParams, LayoutParams
     eval_checkpoint("samples/exo-rw_nc2/ckpt1/test.jsonl", "samples/sft/ckpt0/test.jsonl",
                     "models/rm", "models/sft", "models/align/exo-rw_nc2/ckpt1",
                     "eval/exo-rw_nc2/ckpt1/reward.json", "eval/exo-rw_nc2/ckpt1/rewards.jsonl",
-                    run="exo-rw_nc2", ckpt=1, step=20, params=p, gold=True)
+                    run="exo-rw_nc2", ckpt=1, step=20,
+                    scoring=EvalParams(max_len=256, score_batch_size=64),
+                    rm_layout=LayoutParams(max_len=256, max_gen_len=64), gold=True)
 """
 
 from __future__ import annotations
@@ -73,58 +75,17 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
-from .errors import ParamsError, check_finite
+from .errors import check_finite
 from .io import RecordError, iter_records, read_numbered, write_json, write_records
 from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
-from .rewards import load_scorer, score_texts, summarize_rewards
+from .params import LayoutParams, SampleParams
+from .rewards import load_scorer, score_texts
+from .runtime import default_device
+from .stats import flatten, reshape, summarize
 from .synthetic import gold_rewards
-
-
-@dataclass
-class EvalParams:
-    """Sizes of the scoring and log-prob passes (``eval`` section plus the RM's layout)."""
-
-    max_len: int = 512
-    score_batch_size: int = 32
-    temperature: float = 0.8
-    rm_max_len: int = 512
-    rm_max_gen_len: int = 200
-
-    # Keys of the eval section that belong to sampling or to the workflow.
-    TOLERATED = frozenset({"num_return", "top_k", "max_new_tokens", "batch_size",
-                           "val_prompts", "select_by",
-                           "num_prompts", "checkpoints"})
-
-    @classmethod
-    def from_cli(cls, params: str, rm_max_len: int, rm_max_gen_len: int) -> "EvalParams":
-        """From a CLI's ``--params`` (a JSON object, or a JSON file's path) and the RM layout."""
-        import json
-        from pathlib import Path
-
-        text = params if params.lstrip().startswith("{") else Path(params).read_text()
-        return cls.from_dict(dict(json.loads(text), rm_max_len=rm_max_len,
-                                  rm_max_gen_len=rm_max_gen_len))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalParams":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - cls.TOLERATED)
-        if unknown:
-            raise ParamsError(f"unknown eval parameter(s) {unknown}; valid: {sorted(names)} "
-                             f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
-        p = cls(**{k: v for k, v in d.items() if k in names})
-        for name in names - {"temperature"}:
-            if int(getattr(p, name)) < 1:
-                raise ParamsError(f"eval {name} must be >= 1, got {getattr(p, name)}")
-        if not p.temperature >= 0:
-            raise ParamsError(f"eval temperature must be >= 0, got {p.temperature}")
-        return p
-
 
 # ---- pure aggregation ------------------------------------------------------------------
 
@@ -199,43 +160,31 @@ def kl_estimate(logps: list[list[float]], sft_logps: list[list[float]]) -> float
     return statistics.fmean(flat)
 
 
-def _flat(rows: list[list]) -> list:
-    return [v for row in rows for v in row]
-
-
-def _reshape(flat: list, like: list[list]) -> list[list]:
-    out, k = [], 0
-    for row in like:
-        out.append(flat[k:k + len(row)])
-        k += len(row)
-    return out
-
-
 def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int) -> dict:
     """``reward.json`` from the per-prompt records of ``rewards.jsonl`` (see the module)."""
     if not records:
         raise RecordError("no records to summarize")
     rewards = [r["rewards"] for r in records]
     sft_rewards = [r["sft_rewards"] for r in records]
-    wins = _flat([r["wins"] for r in records])
-    kls = _flat(kl_terms([r["logps"] for r in records], [r["sft_logps"] for r in records]))
+    wins = flatten([r["wins"] for r in records])
+    kls = flatten(kl_terms([r["logps"] for r in records], [r["sft_logps"] for r in records]))
     texts = [r["completions"] for r in records]
     out = {
         "kind": "checkpoint", "run": run, "ckpt": int(ckpt), "step": int(step),
         "num_prompts": len(records),
         "num_return": max(len(c) for c in texts),
-        "reward": summarize_rewards(_flat(rewards)),
-        "sft_reward": summarize_rewards(_flat(sft_rewards)),
-        "win_rate": statistics.fmean(wins), "win": summarize_rewards(wins),
-        "kl": statistics.fmean(kls), "kl_terms": summarize_rewards(kls),
-        "kl_exact": summarize_rewards(_flat([r["kl_exact"] for r in records]))["mean"],
-        "length_tokens": statistics.fmean(_flat([r["lengths"] for r in records])),
-        "length_chars": statistics.fmean(len(c) for c in _flat(texts)),
+        "reward": summarize(flatten(rewards)),
+        "sft_reward": summarize(flatten(sft_rewards)),
+        "win_rate": statistics.fmean(wins), "win": summarize(wins),
+        "kl": statistics.fmean(kls), "kl_terms": summarize(kls),
+        "kl_exact": summarize(flatten([r["kl_exact"] for r in records]))["mean"],
+        "length_tokens": statistics.fmean(flatten([r["lengths"] for r in records])),
+        "length_chars": statistics.fmean(len(c) for c in flatten(texts)),
     }
     if all("gold" in r for r in records):
         gold, sft_gold = [r["gold"] for r in records], [r["sft_gold"] for r in records]
-        out["gold"] = summarize_rewards(_flat(gold))
-        out["sft_gold"] = summarize_rewards(_flat(sft_gold))
+        out["gold"] = summarize(flatten(gold))
+        out["sft_gold"] = summarize(flatten(sft_gold))
         out["gold_win_rate"] = win_rate(gold, sft_gold, texts,
                                         [r["sft_completions"] for r in records])
     return out
@@ -243,21 +192,15 @@ def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int)
 
 # ---- model passes ----------------------------------------------------------------------
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _same_folder(a, b) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device,
+def _lm_logps(model_dir, prompts, completions, params: SampleParams, dtype, device,
               max_gen_len: int):
     """Summed log-probs (EOS appended) of whole completions; prompts cut as when sampling."""
     tok = load_tokenizer(str(model_dir), padding_side="right")
-    model = load_causal_lm(str(model_dir), dtype=dtype).to(_device(device)).eval()
+    model = load_causal_lm(str(model_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
     out = text_logps(model, tok, prompts, completions,
                            max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
@@ -268,13 +211,13 @@ def _lm_logps(model_dir, prompts, completions, params: EvalParams, dtype, device
     return out
 
 
-def _pair_stats(policy_dir, sft_dir, prompts, completions, params: EvalParams, dtype, device,
+def _pair_stats(policy_dir, sft_dir, prompts, completions, params: SampleParams, dtype, device,
                 max_gen_len: int):
     """(log π, log π_SFT, exact per-token KL at the sampling temperature) of every sample, with
     both models in memory and one forward of each per batch."""
     tok = load_tokenizer(str(policy_dir), padding_side="right")
-    policy = load_causal_lm(str(policy_dir), dtype=dtype).to(_device(device)).eval()
-    sft = load_causal_lm(str(sft_dir), dtype=dtype).to(_device(device)).eval()
+    policy = load_causal_lm(str(policy_dir), dtype=dtype).to(default_device(device)).eval()
+    sft = load_causal_lm(str(sft_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
     out = text_pair_stats(policy, sft, tok, prompts, completions,
                           max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
@@ -286,16 +229,17 @@ def _pair_stats(policy_dir, sft_dir, prompts, completions, params: EvalParams, d
     return out
 
 
-def _rm_scores(model, tok, prompts, completions, params: EvalParams) -> list[list[float]]:
+def _rm_scores(model, tok, prompts, completions, batch_size: int,
+               layout: LayoutParams) -> list[list[float]]:
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
-    values = score_texts(model, tok, flat_p, _flat(completions), params.score_batch_size,
-                         params.rm_max_len, params.rm_max_gen_len, progress=False)
-    return _reshape(values, completions)
+    values = score_texts(model, tok, flat_p, flatten(completions), batch_size,
+                         layout.max_len, layout.max_gen_len, progress=False)
+    return reshape(values, completions)
 
 
 def _gold(prompts, completions) -> list[list[float]]:
     flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
-    return _reshape(gold_rewards(flat_p, _flat(completions)), completions)
+    return reshape(gold_rewards(flat_p, flatten(completions)), completions)
 
 
 def _token_lengths(tok, completions) -> list[list[int]]:
@@ -317,29 +261,32 @@ def _read_samples(path) -> tuple[list[str], list[list[str]]]:
 
 def evaluate_samples(prompts: list[str], completions: list[list[str]],
                      sft_completions: list[list[str]], *, rm_dir, sft_dir, policy_dir,
-                     params: EvalParams, gold: bool, dtype: str | None = None,
-                     device: str | None = None) -> list[dict]:
-    """The per-prompt records of ``rewards.jsonl`` (one model in memory at a time)."""
+                     scoring: SampleParams, rm_layout: LayoutParams, gold: bool,
+                     dtype: str | None = None, device: str | None = None) -> list[dict]:
+    """The per-prompt records of ``rewards.jsonl`` (one model in memory at a time):
+    ``scoring`` gives the prompt length the samples were drawn with, the scoring batch size and
+    the sampling temperature (that of the exact KL), ``rm_layout`` the RM's truncation."""
     _check_shapes(completions, sft_completions, "checkpoint vs SFT samples")
     lengths = _token_lengths(load_tokenizer(str(sft_dir)), completions)
     # Whole completions: a decoded sample can re-encode to more tokens than were generated,
     # and cutting it would score a different text (with an EOS where there was none).
-    gen_len = max(1, max(_flat(lengths), default=1))
+    gen_len = max(1, max(flatten(lengths), default=1))
     if _same_folder(policy_dir, sft_dir):
-        logps = _lm_logps(policy_dir, prompts, completions, params, dtype, device, gen_len)
+        logps = _lm_logps(policy_dir, prompts, completions, scoring, dtype, device, gen_len)
         sft_logps = [list(x) for x in logps]
         kl_exact = [[0.0] * len(x) for x in logps]
     else:
         logps, sft_logps, kl_exact = _pair_stats(policy_dir, sft_dir, prompts, completions,
-                                                 params, dtype, device, gen_len)
+                                                 scoring, dtype, device, gen_len)
 
-    rm, rm_tok = load_scorer(rm_dir, dtype, _device(device))
+    rm, rm_tok = load_scorer(rm_dir, dtype, default_device(device))
     t0 = time.perf_counter()
-    rewards = _rm_scores(rm, rm_tok, prompts, completions, params)
+    rewards = _rm_scores(rm, rm_tok, prompts, completions, scoring.score_batch_size, rm_layout)
     if sft_completions == completions:
         sft_rewards = [list(x) for x in rewards]
     else:
-        sft_rewards = _rm_scores(rm, rm_tok, prompts, sft_completions, params)
+        sft_rewards = _rm_scores(rm, rm_tok, prompts, sft_completions,
+                                 scoring.score_batch_size, rm_layout)
     print(f"RM scores in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     del rm
     wins = pair_wins(rewards, sft_rewards, completions, sft_completions)
@@ -360,9 +307,10 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
 
 def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
                     summary_json, rewards_file, *, run: str, ckpt: int, step: int,
-                    params: EvalParams, gold: bool, dtype: str | None = None,
-                    device: str | None = None) -> dict:
-    """Evaluate one checkpoint's samples; write ``rewards_file`` and ``summary_json``.
+                    scoring: SampleParams, rm_layout: LayoutParams, gold: bool,
+                    dtype: str | None = None, device: str | None = None) -> dict:
+    """Evaluate one checkpoint's samples; write ``rewards_file`` and ``summary_json``
+    (``scoring``, ``rm_layout``: see :func:`evaluate_samples`).
 
     ``sft_samples_file`` must hold the same prompts, in the same order, with as many
     samples each (the SFT model's samples: the win-rate baseline).
@@ -373,7 +321,8 @@ def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
         raise RecordError(f"{samples_file} and {sft_samples_file} do not hold the same prompts "
                          f"in the same order ({len(prompts)} vs {len(sft_prompts)} records)")
     records = evaluate_samples(prompts, completions, sft_completions, rm_dir=rm_dir,
-                               sft_dir=sft_dir, policy_dir=policy_dir, params=params, gold=gold,
+                               sft_dir=sft_dir, policy_dir=policy_dir, scoring=scoring,
+                               rm_layout=rm_layout, gold=gold,
                                dtype=dtype, device=device)
     summary = summarize_checkpoint(records, run=run, ckpt=ckpt, step=step)
     Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
@@ -383,8 +332,8 @@ def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
 
 
 def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: int | None,
-                 params: EvalParams, gold: bool, dtype: str | None = None,
-                 device: str | None = None) -> dict:
+                 score_batch_size: int, rm_layout: LayoutParams, gold: bool,
+                 dtype: str | None = None, device: str | None = None) -> dict:
     """RM (and gold) rewards of the dataset's chosen and rejected responses.
 
     Uses the first ``num_prompts`` records of ``pref_file`` (``{prompt, chosen, rejected}``),
@@ -402,8 +351,8 @@ def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: 
         raise RecordError(f"{pref_file}: no records")
     prompts = [r["prompt"] for r in recs]
     pairs = [[r["chosen"], r["rejected"]] for r in recs]
-    rm, tok = load_scorer(rm_dir, dtype, _device(device))
-    rewards = _rm_scores(rm, tok, prompts, pairs, params)
+    rm, tok = load_scorer(rm_dir, dtype, default_device(device))
+    rewards = _rm_scores(rm, tok, prompts, pairs, score_batch_size, rm_layout)
     del rm
     lengths = _token_lengths(tok, pairs)
     golds = _gold(prompts, pairs) if gold else None
@@ -415,11 +364,11 @@ def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: 
             rec["gold"] = golds[i]
         out_recs.append(rec)
     for j, name in enumerate(("chosen", "rejected")):
-        part = {"reward": summarize_rewards([r[j] for r in rewards]),
+        part = {"reward": summarize([r[j] for r in rewards]),
                 "length_tokens": statistics.fmean(x[j] for x in lengths),
                 "length_chars": statistics.fmean(len(x[j]) for x in pairs)}
         if golds is not None:
-            part["gold"] = summarize_rewards([g[j] for g in golds])
+            part["gold"] = summarize([g[j] for g in golds])
         summary[name] = part
     summary["accuracy"] = win_rate([[r[0]] for r in rewards], [[r[1]] for r in rewards])
     if golds is not None:

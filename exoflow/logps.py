@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .align_data import pad_candidates
 from .batching import encode_pair, length_sorted_batches
+from .runtime import inference
 
 __all__ = ["model_pair_stats", "model_response_kl", "model_response_logps", "response_logps",
            "text_logps", "text_pair_stats"]
@@ -251,17 +252,11 @@ def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]
     has the shape of ``completions``; the model's train/eval mode is restored.
     """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
-                                                    enabled=amp_dtype is not None):
-            return _over_texts(
-                tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
-                lambda b: model_response_logps(model, b["input_ids"], b["attention_mask"],
-                                               b["loss_mask"], temperature), progress, desc)
-    finally:
-        model.train(was_training)
+    with inference(model, amp_dtype=amp_dtype):
+        return _over_texts(
+            tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
+            lambda b: model_response_logps(model, b["input_ids"], b["attention_mask"],
+                                           b["loss_mask"], temperature), progress, desc)
 
 
 def text_pair_stats(policy, reference, tokenizer, prompts: list[str],
@@ -272,9 +267,7 @@ def text_pair_stats(policy, reference, tokenizer, prompts: list[str],
     :func:`text_logps`): (log π, log π_ref, exact KL at ``kl_temperature``), each shaped like
     ``completions``."""
     device = next(policy.parameters()).device
-    policy.eval()
-    reference.eval()
-    with torch.inference_mode():
+    with inference(policy, reference):
         return _over_texts(
             tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
             lambda b: model_pair_stats(policy, reference, b["input_ids"], b["attention_mask"],

@@ -16,37 +16,10 @@ model exactly, since peft initialises ``B`` to zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from .engine import FromDict
 from .errors import ParamsError
+from .params import LoraParams
 
-__all__ = ["LoraParams", "apply_lora", "is_peft", "merged_state_dict", "parameter_counts"]
-
-# GPT-NeoX (Pythia): attention in and out, the MLP's two layers.
-GPT_NEOX_MODULES = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-
-
-@dataclass
-class LoraParams(FromDict):
-    """Config ``model.lora``, each key described in ``schemas/config.schema.yaml``."""
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(GPT_NEOX_MODULES))
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ParamsError(f"model.lora.rank must be >= 1, got {self.rank}")
-        if not self.alpha > 0:
-            raise ParamsError(f"model.lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ParamsError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
-        if (not isinstance(self.target_modules, (list, tuple)) or not self.target_modules
-                or not all(isinstance(m, str) and m for m in self.target_modules)):
-            raise ParamsError("model.lora.target_modules must be a list naming at least one "
-                              f"module, got {self.target_modules!r}")
+__all__ = ["apply_lora", "is_peft", "merged_state_dict"]
 
 
 def apply_lora(model, params: LoraParams | dict, task: str):
@@ -107,10 +80,3 @@ def merged_state_dict(model) -> dict:
                             value = value + layer.get_delta_weight(adapter).to(value.dtype)
             out[".".join(parts)] = value
     return out
-
-
-def parameter_counts(model) -> dict:
-    """``{"trainable_params", "total_params"}`` (adapters included in the total)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": int(trainable), "total_params": int(total)}

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ExoflowError, NonFiniteError
+from .params import ScratchParams
+from .runtime import torch_dtype
 
 EOS_TOKEN = "<|endoftext|>"  # Pythia's names, so scratch and real tokenizers look alike
 PAD_TOKEN = "<|padding|>"
@@ -29,6 +31,12 @@ class ModelLoadError(ExoflowError, RuntimeError):
 
 def is_scratch(init: str) -> bool:
     return init == "scratch"
+
+
+def folder_of(path) -> str:
+    """A model folder given as the folder or as a file in it (a rule names its config.json)."""
+    p = Path(path)
+    return str(p.parent if p.suffix in (".json", ".safetensors") else p)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
@@ -69,34 +77,20 @@ _REMAKE = ("delete the folder and run snakemake again (the rule that writes it r
 
 
 def check_safetensors(path) -> None:
-    """Refuse a ``.safetensors`` file whose header is not JSON or whose tensors run past the end
-    of the file (a copy or a save cut short), naming the file and the first tensor cut off."""
-    import struct
+    """Refuse a ``.safetensors`` file that the safetensors library cannot open (a header that is
+    not JSON, tensors that run past the end of the file: a copy or a save cut short), naming the
+    file and what the library says."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes); {_REMAKE}")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise ModelLoadError(f"{path}: truncated safetensors file (its header says {n} "
-                                 f"bytes, the file has {size}); {_REMAKE}")
-        try:
-            import json
-
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise ModelLoadError(f"{path}: corrupt safetensors header; {_REMAKE}") from None
-    data = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        end = int(info.get("data_offsets", [0, 0])[1])
-        if end > data:
-            raise ModelLoadError(f"{path}: tensor {name!r} is cut off ({end} bytes of data "
-                                 f"needed, {data} in the file): truncated; {_REMAKE}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: not a complete safetensors file ({what}; "
+                             f"{path.stat().st_size} bytes): truncated or corrupt; "
+                             f"{_REMAKE}") from None
 
 
 def check_model_dir(folder, what: str = "model", tokenizer: bool = True,
@@ -170,19 +164,21 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     return tok
 
 
-def build_scratch_model(scratch: dict, tokenizer, seed: int = 0):
+def build_scratch_model(scratch: ScratchParams | dict, tokenizer, seed: int = 0):
     """A randomly initialised GPTNeoXForCausalLM sized by ``scratch`` (seeded)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+    if isinstance(scratch, dict):
+        scratch = ScratchParams.from_dict(scratch)
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer),
-        hidden_size=scratch["hidden_size"],
-        num_hidden_layers=scratch["num_layers"],
-        num_attention_heads=scratch["num_heads"],
-        intermediate_size=scratch.get("intermediate_size", 4 * scratch["hidden_size"]),
-        max_position_embeddings=scratch["max_position_embeddings"],
-        rotary_pct=scratch.get("rotary_pct", 0.25),
+        hidden_size=scratch.hidden_size,
+        num_hidden_layers=scratch.num_layers,
+        num_attention_heads=scratch.num_heads,
+        intermediate_size=scratch.intermediate_size or 4 * scratch.hidden_size,
+        max_position_embeddings=scratch.max_position_embeddings,
+        rotary_pct=scratch.rotary_pct,
         use_parallel_residual=True,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
@@ -194,7 +190,7 @@ def build_scratch_model(scratch: dict, tokenizer, seed: int = 0):
 
 
 def init_base_model(init: str, out_dir: str | os.PathLike, tokenizer_dir: str | None = None,
-                    scratch: dict | None = None, seed: int = 0) -> None:
+                    scratch: ScratchParams | None = None, seed: int = 0) -> None:
     """Write the base model both SFT and RM start from to ``out_dir`` (save_pretrained)."""
     if is_scratch(init):
         if tokenizer_dir is None or scratch is None:
@@ -235,12 +231,11 @@ def load_reward_model(name_or_path: str, dtype: str | None = None, pad_token_id:
 
 
 def _dtype_kwargs(dtype: str | None) -> dict:
-    if dtype in (None, "auto"):
-        return {}
-    import torch
-
-    return {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]}
+    return {} if dtype in (None, "auto") else {"dtype": torch_dtype(dtype)}
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+def parameter_counts(model) -> dict:
+    """``{"trainable_params", "total_params"}`` (LoRA adapters included in the total)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": int(trainable), "total_params": int(total)}

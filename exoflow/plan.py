@@ -1,31 +1,29 @@
-"""The workflow's plan, from a validated config: which runs exist and with which parameters,
-their checkpoint steps, file names, evaluation targets and the command prefixes of GPU jobs.
+"""The workflow's plan, from a config: which runs exist and with which parameters, their
+checkpoints, file names, evaluation targets and the command prefixes of GPU jobs.
 
 No torch or Snakemake import: ``rules/common.smk`` builds one :class:`Plan` while the Snakefile
-is parsed and its input functions call it; the tests call it directly.
+is parsed and its input functions call it; the tests call it directly. Every value comes from
+the parameter objects of :mod:`exoflow.params` (``Plan.cfg``), so no default is stated here.
 
 Paths are relative to the results folder ``results/<run_name>/`` (:attr:`Plan.results`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import itertools
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import gpus
+from .errors import ParamsError
+from .params import AlignParams, Config, EngineParams, Runtime
 
-__all__ = ["Plan", "as_json", "expand_grid", "rule_name"]
+__all__ = ["Plan", "expand_grid", "rule_name"]
 
 SPLITS = ("train", "test")
 RESERVED_RUNS = ("sft", "dataset")  # eval/sft/ckpt0 is the SFT model, eval/dataset the data
-
-
-def as_json(obj) -> str:
-    """A config section as one JSON word for a script's command line (sorted keys)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def rule_name(prefix: str, run: str) -> str:
@@ -43,32 +41,31 @@ def expand_grid(sweep: dict, where: str) -> list[tuple[str, dict]]:
     ...              "loss": ["exo-rw", "dpo-rw"], "num_contrastive": [2, 4]}, "g")[1]
     ('exo-rw_nc4', {'data': 'rm_labels', 'loss': 'exo-rw', 'num_contrastive': 4})
     """
-    import itertools
-
     sweep = dict(sweep)
     template = sweep.pop("name", None)
     if not template:
-        raise ValueError(f"{where}: give a name template, e.g. name: '{{loss}}_nc{{num_contrastive}}'")
+        raise ParamsError(f"{where}: give a name template, e.g. name: "
+                          "'{loss}_nc{num_contrastive}'")
     keys = list(sweep)
     values = [v if isinstance(v, list) else [v] for v in sweep.values()]
     swept = [k for k, v in sweep.items() if isinstance(v, list) and len(v) > 1]
     missing = [k for k in swept if "{" + k + "}" not in template]
     if missing:
-        raise ValueError(f"{where}: the name template {template!r} leaves out the swept key(s) "
-                         f"{missing}, so runs would share a name")
+        raise ParamsError(f"{where}: the name template {template!r} leaves out the swept key(s) "
+                          f"{missing}, so runs would share a name")
     out, seen = [], {}
     for combo in itertools.product(*values):
         entry = dict(zip(keys, combo))
         try:
             name = template.format(**entry)
         except KeyError as e:
-            raise ValueError(f"{where}: name template {template!r} names {e}, which is not a "
-                             "key of the sweep") from None
+            raise ParamsError(f"{where}: name template {template!r} names {e}, which is not a "
+                              "key of the sweep") from None
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise ValueError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' and "
-                             "'-' only")
+            raise ParamsError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' "
+                              "and '-' only")
         if name in seen:
-            raise ValueError(f"{where}: {seen[name]} and {entry} both get the name {name!r}")
+            raise ParamsError(f"{where}: {seen[name]} and {entry} both get the name {name!r}")
         seen[name] = entry
         out.append((name, entry))
     return out
@@ -78,25 +75,26 @@ def _regex(names) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
-@dataclass
 class Plan:
-    """Everything the rules need to know, computed from ``config`` (a validated dict) and the
-    shell word that runs Python (``python``: the interpreter Snakemake runs in, quoted)."""
+    """Everything the rules need to know, computed from ``config`` (a mapping, validated into
+    :class:`exoflow.params.Config`) and the shell word that runs Python (``python``: the
+    interpreter Snakemake runs in, quoted)."""
 
-    config: dict
-    python: str = "python"
-
-    def __post_init__(self):
+    def __init__(self, config: dict, python: str = "python"):
+        self.cfg = config if isinstance(config, Config) else Config.from_dict(config)
+        self.python = python
         bad = [r for r in self.align_runs() if r in RESERVED_RUNS]
         if bad:
-            raise ValueError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
-                             "model, eval/dataset the dataset's own responses); rename the run")
+            raise ParamsError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
+                              "model, eval/dataset the dataset's own responses); rename the run")
+        for run in self.align_runs():
+            self.run_params(run)  # every run resolves to valid parameters
 
     # ---- paths -----------------------------------------------------------------------------
 
     @property
     def results(self) -> str:
-        return f"results/{self.config['run_name']}"
+        return f"results/{self.cfg.run_name}"
 
     def res(self, path: str) -> str:
         """A path under ``results/<run_name>/``."""
@@ -104,42 +102,28 @@ class Plan:
 
     # ---- data ------------------------------------------------------------------------------
 
-    def data_params(self, split: str) -> dict:
-        """The data section as one split sees it, so that changing ``data.max_train`` does not
-        re-run the test split (and everything downstream of it)."""
-        d = dict(self.config["data"])
-        other = "test" if split == "train" else "train"
-        d.pop(f"max_{other}", None)
-        if d["source"] == "synthetic":
-            syn = dict(d.get("synthetic") or {})
-            syn.pop(f"num_{other}", None)
-            d["synthetic"] = syn
-        else:
-            d.pop("synthetic", None)
-        return d
+    def data_params(self, split: str):
+        """The data section as one split sees it (:meth:`exoflow.params.DataParams.for_split`)."""
+        return self.cfg.data.for_split(split)
 
     def is_synthetic(self) -> bool:
-        return self.config["data"]["source"] == "synthetic"
+        return self.cfg.data.source == "synthetic"
 
     # ---- models and engine -------------------------------------------------------------------
-
-    def is_scratch(self) -> bool:
-        return self.config["model"]["init"] == "scratch"
 
     def base_model(self) -> str:
         """The folder (or hub name) SFT and RM start from: ``models/base`` for scratch, else
         ``model.init`` (a leading ``~`` expanded)."""
-        init = str(self.config["model"]["init"])
-        if self.is_scratch():
+        if self.cfg.model.is_scratch:
             return self.res("models/base")
-        return os.path.expanduser(init)
+        return os.path.expanduser(self.cfg.model.init)
 
     def base_model_inputs(self) -> list[str]:
         """The files SFT and RM depend on: the scratch base model's config.json (a rule makes
         it), or for a local ``model.init`` folder its config, weights and tokenizer files, so
         that a checkpoint fetched again (or replaced) re-runs everything trained from it. A hub
         name has no local files: the hub's cache is not the workflow's to watch."""
-        if self.is_scratch():
+        if self.cfg.model.is_scratch:
             return [self.res("models/base/config.json")]
         folder = Path(self.base_model())
         if not folder.is_dir():
@@ -149,35 +133,39 @@ class Plan:
         return sorted(str(p) for p in folder.iterdir() if p.is_file() and (
             p.name in keep or p.suffix in (".safetensors", ".bin")))
 
+    def scratch_max_len(self) -> int | None:
+        """The scratch tokenizer's model_max_length: the scratch model's positions."""
+        s = self.cfg.model.scratch
+        return s.max_position_embeddings if s else None
+
     def gpus(self) -> int:
-        return int(self.config["engine"].get("gpus") or 0)
+        return self.cfg.engine.gpus
 
-    def engine_params(self) -> dict:
-        """``engine`` + the model's ``dtype`` + the top-level ``seed``: what a training script's
-        ``--engine`` takes."""
-        c = self.config
-        lora = c["model"].get("lora")
-        return dict(c["engine"], dtype=c["model"]["dtype"], seed=c["seed"],
-                    **({"lora": lora} if lora is not None else {}))
+    def inference_gpus(self) -> int:
+        """GPUs of a sampling, scoring or evaluation job: one when training has any."""
+        return min(self.gpus(), 1)
 
-    def ref_engine_params(self) -> dict:
+    def runtime(self, run: str | None = None) -> Runtime:
+        """What a training job runs with (the run's seed for an alignment run)."""
+        return self.cfg.runtime(None if run is None else self.run_seed(run))
+
+    def ref_runtime(self) -> Runtime:
         """The engine keys that set the precision the alignment runs train in (and so the one
-        the reference log-probs are computed in); the others would only cause re-runs."""
-        e = self.config["engine"]
-        return {"deepspeed": e.get("deepspeed"), "gpus": min(self.gpus(), 1),
-                "dtype": self.config["model"]["dtype"]}
+        the reference log-probs are computed in), the others at their defaults: they would only
+        cause re-runs."""
+        e = self.cfg.engine
+        return Runtime(engine=EngineParams(deepspeed=e.deepspeed, gpus=self.inference_gpus()),
+                       dtype=self.cfg.model.dtype)
 
     def deepspeed_inputs(self) -> list[str]:
         """``[engine.deepspeed]`` when set: an input of every rule whose job it configures
         (training, and the reference cache whose precision it decides), so that an edited ZeRO
         config re-runs them (Snakemake compares the file's contents)."""
-        ds = self.config["engine"].get("deepspeed")
+        ds = self.cfg.engine.deepspeed
         return [str(ds)] if ds else []
 
     def processes(self) -> int:
-        """Training processes per job: ``engine.processes``, else ``engine.gpus``, at least 1."""
-        e = self.config["engine"]
-        return int(e.get("processes") or max(self.gpus(), 1))
+        return self.cfg.engine.num_processes
 
     def train_launcher(self) -> str:
         """Multi-process training when the job has more than one process (one per GPU, or
@@ -196,6 +184,25 @@ class Plan:
         ('' when n is 0; unchanged where CUDA_VISIBLE_DEVICES is already set, e.g. by SLURM)."""
         return gpus.prefix(n, self.python)
 
+    def train_prefix(self) -> str:
+        """The shell words before a training script: its GPUs, threads per process (at least 1)
+        and the launcher (``{threads}`` is the job's, filled in by Snakemake)."""
+        n = self.processes()
+        return (f"{self.gpu_prefix(self.gpus())}OMP_NUM_THREADS=$(( {{threads}} / {n} > 1 ? "
+                f"{{threads}} / {n} : 1 )) {self.train_launcher()}")
+
+    def inference_prefix(self, threads: bool = True) -> str:
+        """The shell words before an inference script: its GPU and (with ``threads``) the
+        job's threads as OpenMP's."""
+        omp = "OMP_NUM_THREADS={threads} " if threads else ""
+        return f"{self.gpu_prefix(self.inference_gpus())}{omp}{self.python}"
+
+    def inference_dtype(self) -> str | None:
+        """The precision inference jobs load models in: ``model.dtype``, or None for fp32 (the
+        saved models' own)."""
+        d = self.cfg.model.dtype
+        return None if d == "fp32" else d
+
     # ---- alignment runs ------------------------------------------------------------------------
     #
     # A *configuration* is a named set of run parameters: an entry of ``align.runs``, or one
@@ -205,52 +212,57 @@ class Plan:
 
     def seeds(self) -> list[int]:
         """``align.seeds`` (default: the top-level seed alone), in config order."""
-        seeds = self.config["align"].get("seeds") or [self.config["seed"]]
+        seeds = self.cfg.align.seeds or [self.cfg.seed]
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"align.seeds: {seeds} repeats a seed")
+            raise ParamsError(f"align.seeds: {seeds} repeats a seed")
         return [int(x) for x in seeds]
+
+    @functools.cached_property
+    def _configurations(self) -> dict[str, dict]:
+        a = self.cfg.align
+        out = {name: dict(entry or {}) for name, entry in a.runs.items()}
+        resolved = lambda e: dict(a.defaults, **e)  # noqa: E731
+        for n, sweep in enumerate(a.grid or []):
+            for name, entry in expand_grid(sweep, f"align.grid[{n}]"):
+                if name in out and resolved(out[name]) != resolved(entry):
+                    raise ParamsError(f"align.grid[{n}]: run name {name!r} is already defined "
+                                      f"with other parameters ({out[name]} vs {entry}); change "
+                                      "the name template")
+                out.setdefault(name, entry)
+        if a.only:
+            missing = [r for r in a.only if r not in out]
+            if missing:
+                raise ParamsError(f"align.only: {missing} are not runs of align.runs or "
+                                  f"align.grid (those are {sorted(out)})")
+            out = {r: out[r] for r in a.only}
+        if not out:
+            raise ParamsError("align: no runs (align.runs, align.grid and align.only give none)")
+        return out
 
     def configurations(self) -> dict[str, dict]:
         """{configuration: its entry (overrides of align.defaults)}: ``align.runs`` then every
         ``align.grid`` sweep expanded, restricted to ``align.only`` when given (that list is the
         exact set, in its order, replacing whatever the extended config files define)."""
-        if getattr(self, "_configs", None) is not None:
-            return self._configs
-        a = self.config["align"]
-        out = {name: dict(entry or {}) for name, entry in (a.get("runs") or {}).items()}
-        defaults = a.get("defaults") or {}
-        resolved = lambda e: dict(defaults, **e)  # noqa: E731
-        for n, sweep in enumerate(a.get("grid") or []):
-            for name, entry in expand_grid(sweep, f"align.grid[{n}]"):
-                if name in out and resolved(out[name]) != resolved(entry):
-                    raise ValueError(f"align.grid[{n}]: run name {name!r} is already defined "
-                                     f"with other parameters ({out[name]} vs {entry}); change "
-                                     "the name template")
-                out.setdefault(name, entry)
-        only = a.get("only")
-        if only:
-            missing = [r for r in only if r not in out]
-            if missing:
-                raise ValueError(f"align.only: {missing} are not runs of align.runs or "
-                                 f"align.grid (those are {sorted(out)})")
-            out = {r: out[r] for r in only}
-        self._configs = out
-        return out
+        return self._configurations
 
     def run_name(self, configuration: str, seed: int) -> str:
-        return configuration if int(seed) == int(self.config["seed"]) else \
+        return configuration if int(seed) == int(self.cfg.seed) else \
             f"{configuration}_s{int(seed)}"
 
-    def runs(self) -> list[tuple[str, str, int]]:
-        """``[(run, configuration, seed)]``: every configuration with every seed, configuration
-        by configuration."""
+    @functools.cached_property
+    def _runs(self) -> list[tuple[str, str, int]]:
         out = [(self.run_name(c, s), c, s) for c in self.configurations() for s in self.seeds()]
         names = [r for r, _, _ in out]
         clash = sorted({r for r in names if names.count(r) > 1})
         if clash:
-            raise ValueError(f"align: runs {clash} are defined twice (a configuration named "
-                             "like another's seed run?); rename it")
+            raise ParamsError(f"align: runs {clash} are defined twice (a configuration named "
+                              "like another's seed run?); rename it")
         return out
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """``[(run, configuration, seed)]``: every configuration with every seed, configuration
+        by configuration."""
+        return self._runs
 
     def align_runs(self) -> list[str]:
         """The alignment run names, configuration by configuration, seed by seed."""
@@ -268,34 +280,35 @@ class Plan:
                 return r
         raise KeyError(f"no alignment run {run!r}; the runs are {self.align_runs()}")
 
-    def run_params(self, run: str) -> dict:
-        """A run's resolved parameters: ``align.defaults`` updated with its configuration's
-        entry (its seed is the engine's, :meth:`run_engine_params`)."""
-        conf = self.configurations()[self.run_configuration(run)]
-        return dict(self.config["align"]["defaults"], **conf)
+    def _where(self, configuration: str) -> str:
+        if configuration in self.cfg.align.runs:
+            return f"align.runs.{configuration}"
+        return f"align.grid run {configuration}"
 
-    def run_engine_params(self, run: str) -> dict:
-        """:meth:`engine_params` with the run's seed."""
-        return dict(self.engine_params(), seed=self.run_seed(run))
+    @functools.cache  # noqa: B019 (a Plan lives as long as the workflow)
+    def run_params(self, run: str) -> AlignParams:
+        """A run's resolved parameters: ``align.defaults`` updated with its configuration's
+        entry (its seed is the engine's, :meth:`runtime`)."""
+        conf = self.run_configuration(run)
+        entry = self.configurations()[conf]
+        return AlignParams.from_dict(dict(self.cfg.align.defaults, **entry), self._where(conf))
 
     def num_checkpoints(self, run: str) -> int:
-        p = self.run_params(run)
-        return p["max_steps"] // p["save_every"]
+        return self.run_params(run).num_checkpoints
 
     def checkpoint_steps(self, run: str) -> list[int]:
-        every = self.run_params(run)["save_every"]
-        return [k * every for k in range(1, self.num_checkpoints(run) + 1)]
+        return self.run_params(run).checkpoint_steps()
 
     def ckpt_step(self, run: str, k: int) -> int:
         """The optimizer step of checkpoint k of a run (0 for the SFT model)."""
-        return 0 if run == "sft" else int(k) * self.run_params(run)["save_every"]
+        return 0 if run == "sft" else int(k) * self.run_params(run).save_every
 
     def precompute_ref(self) -> bool:
-        return bool(self.config["align"].get("precompute_ref", True))
+        return self.cfg.align.precompute_ref
 
     def align_data(self, run: str) -> str:
         """The training records of a run: data/<rm_labels|p2r>/train.jsonl."""
-        return self.res(f"data/{self.run_params(run)['data']}/train.jsonl")
+        return self.res(f"data/{self.run_params(run).data}/train.jsonl")
 
     def ckpt_dir(self, run: str, k: int) -> str:
         return self.res(f"models/align/{run}/ckpt{k}")
@@ -308,15 +321,14 @@ class Plan:
         return [self.ckpt_config(run, k) for k in range(1, self.num_checkpoints(run) + 1)]
 
     def align_metrics(self, run: str) -> str:
-        return self.res(f"models/align/{run}/train_metrics.json")
+        return self.res(f"models/align/{run}/metrics.json")
 
     def ref_cache_name(self, run: str) -> str:
         """``<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl``: runs with the same data, temp and
         truncation share it. The temp is written with repr() so that the name gives back the
         float."""
         p = self.run_params(run)
-        return (f"{p['data']}_t{float(p['temp'])!r}_l{int(p['max_len'])}"
-                f"_g{int(p['max_gen_len'])}.jsonl")
+        return f"{p.data}_t{float(p.temp)!r}_l{int(p.max_len)}_g{int(p.max_gen_len)}.jsonl"
 
     def ref_cache_path(self, run: str) -> str:
         return self.res(f"data/ref_logps/{self.ref_cache_name(run)}")
@@ -329,13 +341,13 @@ class Plan:
         return _regex(self.align_runs())
 
     def align_data_regex(self) -> str:
-        return _regex(sorted({self.run_params(r)["data"] for r in self.align_runs()}))
+        return _regex(sorted({self.run_params(r).data for r in self.align_runs()}))
 
     # ---- evaluation ------------------------------------------------------------------------------
 
     def eval_checkpoints(self, run: str) -> list[int]:
         """The evaluated checkpoints of a run: 1..min(eval.checkpoints, its checkpoint count)."""
-        n = min(int(self.config["eval"].get("checkpoints", 0)), self.num_checkpoints(run))
+        n = min(self.cfg.eval.checkpoints, self.num_checkpoints(run))
         return list(range(1, n + 1))
 
     def eval_run_regex(self) -> str:
@@ -348,65 +360,40 @@ class Plan:
         k = int(k)
         if run == "sft":
             if k != 0:
-                raise ValueError(f"sft/ckpt{k}: the SFT model is checkpoint 0 only (sft/ckpt0)")
+                raise ParamsError(f"sft/ckpt{k}: the SFT model is checkpoint 0 only (sft/ckpt0)")
             return self.res("models/sft/config.json")
         n = self.num_checkpoints(run)
         if not 1 <= k <= n:
-            raise ValueError(f"{run}/ckpt{k}: run {run} has checkpoints ckpt1..ckpt{n} "
-                             "(its step 0 is the SFT model: sft/ckpt0)")
+            raise ParamsError(f"{run}/ckpt{k}: run {run} has checkpoints ckpt1..ckpt{n} "
+                              "(its step 0 is the SFT model: sft/ckpt0)")
         return self.ckpt_config(run, k)
 
-    def eval_sample_params(self) -> dict:
-        """The eval section as sample.py takes it (without the keys that do not change
-        samples)."""
-        drop = ("checkpoints", "score_batch_size", "val_prompts", "select_by")
-        return {k: v for k, v in self.config["eval"].items() if k not in drop}
+    def eval_scoring(self):
+        """What the checkpoint evaluation reads of ``eval`` (the prompt length it sampled with,
+        its scoring batches, the KL temperature), the other keys at their defaults."""
+        e = self.cfg.eval
+        return type(e)(max_len=e.max_len, score_batch_size=e.score_batch_size,
+                       temperature=e.temperature)
 
-    def eval_score_params(self) -> dict:
-        """The sizes of the scoring and log-prob passes of eval_checkpoint."""
-        keys = ("max_len", "score_batch_size", "temperature")
-        return {k: self.config["eval"][k] for k in keys if k in self.config["eval"]}
-
-    def inference_dtype_arg(self) -> str:
-        """``--dtype <model.dtype>`` for the inference rules (sampling, labelling, evaluation),
-        which load models in that precision ('' for fp32, the saved models' own)."""
-        d = self.config["model"]["dtype"]
-        return "" if d == "fp32" else f"--dtype {d}"
-
-    def eval_num_prompts_arg(self) -> str:
-        n = self.config["eval"].get("num_prompts")
-        return f"--num-prompts {int(n)}" if n else ""
-
-    def eval_run_meta(self) -> str:
-        """``{run: {configuration, seed, loss, data, num_contrastive}}`` in config order (JSON),
-        for the summary and the study."""
+    def run_meta(self) -> dict:
+        """``{run: {configuration, seed, loss, data, num_contrastive}}`` in config order, for
+        the summary and the study."""
         meta = {}
         for run, conf, seed in self.runs():
             p = self.run_params(run)
-            meta[run] = {"configuration": conf, "seed": seed, "loss": p["loss"],
-                         "data": p["data"], "num_contrastive": p.get("num_contrastive", 2)}
-        return json.dumps(meta, separators=(",", ":"))  # not as_json: keep the run order
-
-    def eval_split(self) -> dict:
-        """How the evaluated test prompts are split: the first ``eval.val_prompts`` pick each
-        run's checkpoint (by ``eval.select_by``), the others report it."""
-        e = self.config["eval"]
-        n, v = e.get("num_prompts"), int(e.get("val_prompts") or 0)
-        if n is not None and v >= int(n):
-            raise ValueError(f"eval.val_prompts = {v} leaves no report prompt of "
-                             f"eval.num_prompts = {n}")
-        return {"val_prompts": v, "select_by": e.get("select_by", "reward")}
+            meta[run] = {"configuration": conf, "seed": seed, "loss": p.loss, "data": p.data,
+                         "num_contrastive": p.num_contrastive}
+        return meta
 
     def comparisons(self) -> list[tuple[str, str]]:
         """``study.compare``: pairs of configurations ``[a, b]`` (the difference a - b)."""
         confs = self.configurations()
         out = []
-        for pair in (self.config.get("study") or {}).get("compare") or []:
-            a, b = pair
+        for a, b in self.cfg.study.compare:
             for c in (a, b):
                 if c not in confs:
-                    raise ValueError(f"study.compare: {c!r} is not a configuration "
-                                     f"(those are {sorted(confs)})")
+                    raise ParamsError(f"study.compare: {c!r} is not a configuration "
+                                      f"(those are {sorted(confs)})")
             out.append((a, b))
         return out
 
@@ -423,7 +410,7 @@ class Plan:
         return [self.res(f"data/rm_labels/{s}.jsonl") for s in SPLITS]
 
     def align_targets(self) -> list[str]:
-        """Every run's checkpoints and train_metrics.json."""
+        """Every run's checkpoints and metrics.json."""
         return [f for run in self.align_runs()
                 for f in [*self.align_ckpt_configs(run), self.align_metrics(run)]]
 
@@ -431,9 +418,6 @@ class Plan:
         """Every run's per-prompt evaluation records (what the summary and the study read)."""
         return [self.res(f"eval/{run}/ckpt{k}/rewards.jsonl")
                 for run in self.align_runs() for k in self.eval_checkpoints(run)]
-
-    def study_targets(self) -> list[str]:
-        return [self.res(f"study/{n}") for n in ("study.csv", "compare.csv", "study.png")]
 
     def eval_checkpoint_targets(self) -> list[str]:
         return [self.res(f"eval/{run}/ckpt{k}/reward.json")

@@ -24,14 +24,15 @@ import math
 from pathlib import Path
 
 from .align_data import check_num_candidates
-from .engine import EngineParams, on_cpu, reference_precision, setup_threads
 from .errors import ExoflowError, NonFiniteError
 from .io import atomic_write, loads, read_numbered
 from .logps import text_logps
 from .modeling import load_causal_lm, load_tokenizer
+from .params import Runtime
+from .runtime import on_cpu, reference_dtype, reference_precision, setup_threads, torch_dtype
 
 __all__ = ["RefCacheError", "cache_settings", "load_ref_cache", "precompute_ref",
-           "read_ref_cache", "reference_dtype", "write_ref_cache"]
+           "read_ref_cache", "write_ref_cache"]
 
 # What must match between a cache and the run reading it; the paths are kept for information
 # only (the data and the weights are identified by their content). "code" (the hash of the code
@@ -159,42 +160,32 @@ def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
 
 
 def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, max_gen_len: int,
-                   batch_size: int = 32, engine=None, progress: bool = True,
+                   batch_size: int = 32, runtime: Runtime | None = None, progress: bool = True,
                    code: str | None = None) -> dict:
     """Compute the reference log-probs of ``data_file``'s candidates into ``out_path``.
 
-    ``engine`` (:class:`exoflow.engine.EngineParams`, default: CPU, fp32) says how the
-    alignment runs train: with ``gpus > 0`` and a visible GPU this runs on the first one, in
-    the precision training runs the policy in (:func:`exoflow.engine.reference_precision`);
-    on the CPU in fp32. ``code``: the hash of the code that computes the values (the workflow
-    passes :func:`exoflow.codehash.code_hash` of precompute_ref's script), recorded so that a
-    reader can refuse values made by other code. Returns the settings written to the file.
+    ``runtime`` (:class:`exoflow.params.Runtime`, default: CPU, fp32) says how the alignment
+    runs train: with ``engine.gpus > 0`` and a visible GPU this runs on the first one, in the
+    precision training runs the policy in (:func:`exoflow.runtime.reference_precision`); on the
+    CPU in fp32. ``code``: the hash of the code that computes the values (the workflow passes
+    :func:`exoflow.codehash.code_hash` of precompute_ref's script), recorded so that a reader
+    can refuse values made by other code. Returns the settings written to the file.
     """
-    import torch
-
-    engine = engine or EngineParams()
-    setup_threads(engine)
+    rt = runtime or Runtime()
+    setup_threads(rt)
     numbered = read_numbered(data_file)
     records = [r for _, r in numbered]
     settings = cache_settings(data_file, reference, temp, max_len, max_gen_len, records,
                               lines=[n for n, _ in numbered])
-    weights, amp = reference_precision(engine)
-    settings["dtype"] = reference_dtype(engine)
+    weights, amp = reference_precision(rt)
+    settings["dtype"] = reference_dtype(rt)
     if code is not None:
         settings["code"] = code
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     tok = load_tokenizer(reference, padding_side="right")
-    model = load_causal_lm(reference, dtype=weights).to("cpu" if on_cpu(engine) else "cuda")
+    model = load_causal_lm(reference, dtype=weights).to("cpu" if on_cpu(rt) else "cuda")
     logps = text_logps(model, tok, [r["prompt"] for r in records],
                        [r["completions"] for r in records], max_len, max_gen_len, batch_size,
-                       temperature=temp, amp_dtype=amp_dtype, progress=progress,
+                       temperature=temp, amp_dtype=torch_dtype(amp), progress=progress,
                        desc="reference log-probs")
     write_ref_cache(out_path, settings, logps)
     return settings
-
-
-def reference_dtype(engine) -> str:
-    """How the reference runs under ``engine``: ``fp32``, ``bf16``/``fp16`` weights, or
-    ``fp32+autocast-<dtype>`` (recorded in a cache as "dtype")."""
-    weights, amp = reference_precision(engine)
-    return weights if amp is None else f"fp32+autocast-{amp}"

@@ -11,49 +11,23 @@ the last non-pad token) sees the last response token. Sequences are length-sorte
 Example::
 
     from exoflow.rewards import label_file
+    from exoflow.params import LayoutParams
     label_file("results/tiny/models/rm", "results/tiny/data/sft_samples/train.jsonl",
-               "rm_labels.jsonl", batch_size=64, max_len=256, max_gen_len=64)
+               "rm_labels.jsonl", batch_size=64, layout=LayoutParams(max_len=256, max_gen_len=64))
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-import sys
-
-import torch
-
 from .batching import encode_pair, length_sorted_batches, pad_batch
-from .errors import check_finite
 from .io import RecordError, read_records, write_records
 from .modeling import load_reward_model, load_tokenizer
-
-
-def summarize_rewards(values) -> dict:
-    """Mean, sample std (ddof=1), count and the normal 95% interval of the mean.
-
-    ``ci95 = mean ± 1.96 · std / sqrt(count)``; with one value the std is 0 and the
-    interval is the point.
-
-    >>> s = summarize_rewards([1, 2, 3, 4])
-    >>> round(s["mean"], 4), round(s["std"], 5), s["count"], round(s["ci95_low"], 4)
-    (2.5, 1.29099, 4, 1.2348)
-    """
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        raise RecordError("summarize_rewards: no values")
-    check_finite(values, "summarize_rewards")
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "count": n, "ci95_low": mean - half, "ci95_high": mean + half}
+from .params import LayoutParams
+from .runtime import default_device, inference, progress_bar
 
 
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int,
                 max_len: int, max_gen_len: int, progress: bool = True) -> list[float]:
     """The reward of each (prompt, response) pair, in input order."""
-    from tqdm.auto import tqdm
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -67,32 +41,22 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     items = [encode_pair(tokenizer, p, r, max_len, max_gen_len, add_eos=False)
              for p, r in zip(prompts, responses)]
     rewards = [0.0] * len(items)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(items), desc="scoring", unit="seq", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(x) for x in items], batch_size):
-                batch = pad_batch([items[k] for k in idx], pad_id, side="right")
-                out = model(input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device)).logits  # (B, 1)
-                for k, v in zip(idx, out[:, 0].float().tolist()):
-                    rewards[k] = v
-                bar.update(len(idx))
-    finally:
-        bar.close()
-        model.train(was_training)
+    with inference(model), progress_bar(len(items), "scoring", "seq", progress) as bar:
+        for idx in length_sorted_batches([len(x) for x in items], batch_size):
+            batch = pad_batch([items[k] for k in idx], pad_id, side="right")
+            out = model(input_ids=batch["input_ids"].to(device),
+                        attention_mask=batch["attention_mask"].to(device)).logits  # (B, 1)
+            for k, v in zip(idx, out[:, 0].float().tolist()):
+                rewards[k] = v
+            bar.update(len(idx))
     return rewards
 
 
 def load_scorer(rm_dir, dtype: str | None = None, device: str | None = None):
     """(model, tokenizer) of a reward-model folder, on CUDA when available."""
-
     tok = load_tokenizer(str(rm_dir), padding_side="right")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_reward_model(str(rm_dir), dtype=dtype, pad_token_id=tok.pad_token_id)
-    return model.to(device).eval(), tok
+    return model.to(default_device(device)).eval(), tok
 
 
 def _file_kind(records: list, in_file) -> str:
@@ -125,12 +89,13 @@ def _score_samples(model, tok, records, batch_size, max_len, max_gen_len) -> lis
     return out
 
 
-def label_file(rm_dir, in_file, out_file, batch_size: int, max_len: int, max_gen_len: int,
+def label_file(rm_dir, in_file, out_file, batch_size: int, layout: LayoutParams,
                dtype: str | None = None, device: str | None = None) -> int:
-    """Add ``"rewards"`` to every sample record of ``in_file``; returns the record count."""
+    """Add ``"rewards"`` to every sample record of ``in_file`` (the RM's ``layout``, sequences
+    in batches of ``batch_size``); returns the record count."""
     records = read_records(in_file)
     if _file_kind(records, in_file) != "samples":
         raise RecordError(f"{in_file}: label mode needs sample records {{prompt, completions}}")
     model, tok = load_scorer(rm_dir, dtype, device)
-    return write_records(out_file, _score_samples(model, tok, records, batch_size, max_len,
-                                                  max_gen_len))
+    return write_records(out_file, _score_samples(model, tok, records, batch_size,
+                                                  layout.max_len, layout.max_gen_len))

@@ -14,25 +14,18 @@ baseline accuracy on the same pairs, and the train loss curve.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import torch.nn.functional as F
 
-from . import engine as eng
 from .batching import Encoded, encode_pair, pad_batch
-from .engine import EngineParams, StageParams, eval_model, eval_shard, reduce_sums, trainer_class
 from .io import read_records
-from .modeling import load_reward_model, load_tokenizer
-
-
-@dataclass
-class RMParams(StageParams):
-    """Config ``rm``: see :class:`exoflow.engine.StageParams`; batch sizes count pairs."""
+from .modeling import load_reward_model
+from .recipe import Recipe
+from .runtime import reduce_sums
+from .trainer import ExoTrainer
 
 
 def bt_loss(r_chosen, r_rejected):
     """Bradley-Terry loss per pair, ``-log sigmoid(r_c - r_r)`` (B,) -> (B,)."""
-    import torch.nn.functional as F
-
     return -F.logsigmoid(r_chosen.float() - r_rejected.float())
 
 
@@ -64,37 +57,33 @@ def rewards(model, batch: dict):
     return out.logits.squeeze(-1)
 
 
-@functools.cache
-def _trainer_class():
-    class RewardTrainer(trainer_class()):
-        """Trainer with the pairwise BT loss; logs ``rewards/accuracies`` and ``rewards/margins``."""
+class RewardTrainer(ExoTrainer):
+    """Trainer with the pairwise BT loss; logs ``rewards/accuracies`` and ``rewards/margins``."""
 
-        loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by accumulation
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by accumulation
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._sums = [0.0, 0.0, 0]  # correct, margin, pairs since the last log
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sums = [0.0, 0.0, 0]  # correct, margin, pairs since the last log
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            r = rewards(model, inputs)  # (2B,)
-            B = r.shape[0] // 2
-            margin = (r[:B] - r[B:]).detach().float()
-            loss = bt_loss(r[:B], r[B:]).mean()
-            if model.training:
-                self._sums[0] += float((margin > 0).sum())
-                self._sums[1] += float(margin.sum())
-                self._sums[2] += B
-            return (loss, {"rewards": r}) if return_outputs else loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        r = rewards(model, inputs)  # (2B,)
+        B = r.shape[0] // 2
+        margin = (r[:B] - r[B:]).detach().float()
+        loss = bt_loss(r[:B], r[B:]).mean()
+        if model.training:
+            self._sums[0] += float((margin > 0).sum())
+            self._sums[1] += float(margin.sum())
+            self._sums[2] += B
+        return (loss, {"rewards": r}) if return_outputs else loss
 
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs and self._sums[2]:
-                c, m, n = self._sums
-                logs["rewards/accuracies"] = c / n
-                logs["rewards/margins"] = m / n
-                self._sums = [0.0, 0.0, 0]
-            return super().log(logs, *args, **kwargs)
-
-    return RewardTrainer
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._sums[2]:
+            c, m, n = self._sums
+            logs["rewards/accuracies"] = c / n
+            logs["rewards/margins"] = m / n
+            self._sums = [0.0, 0.0, 0]
+        return super().log(logs, *args, **kwargs)
 
 
 def shorter_wins_accuracy(records) -> float:
@@ -106,64 +95,54 @@ def shorter_wins_accuracy(records) -> float:
 
 def evaluate_rm(trainer, examples: list[dict], batch_size: int) -> dict:
     """Pairwise accuracy (ties 1/2) and mean margin ``r_c - r_r`` (sharded over processes)."""
-    import torch
-
-    model = eval_model(trainer)
-    collate = trainer.data_collator
-    idx = eval_shard(trainer, len(examples))
+    model = trainer.eval_model()
     correct, margin_sum, n = 0.0, 0.0, 0
-    with torch.no_grad(), trainer.accelerator.autocast():
-        for i in range(0, len(idx), batch_size):
-            batch = collate([examples[j] for j in idx[i:i + batch_size]])
-            batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
-            r = rewards(model, batch).float()
-            B = r.shape[0] // 2
-            m = r[:B] - r[B:]
-            correct += float((m > 0).sum() + 0.5 * (m == 0).sum())
-            margin_sum += float(m.sum())
-            n += B
+    for batch in trainer.eval_batches(examples, batch_size):
+        r = rewards(model, batch).float()
+        B = r.shape[0] // 2
+        m = r[:B] - r[B:]
+        correct += float((m > 0).sum() + 0.5 * (m == 0).sum())
+        margin_sum += float(m.sum())
+        n += B
     correct, margin_sum, n = reduce_sums(trainer, [correct, margin_sum, n])
     return {"test_accuracy": correct / max(n, 1), "test_mean_margin": margin_sum / max(n, 1),
             "num_test": int(n)}
 
 
-def train_rm(base: str, train_file, test_file, out_dir, work_dir, log_dir,
-             params: RMParams, engine: EngineParams, callbacks=None) -> dict:
-    """Train a reward model from ``base`` on the pairs of ``train_file``; save to ``out_dir``.
+class RMRecipe(Recipe):
+    """A reward model from ``base`` trained on the pairs of ``train_file``; the folder reloads
+    alone with ``modeling.load_reward_model(out_dir)`` (config with ``num_labels=1`` and
+    ``pad_token_id``, safetensors with the head, tokenizer). ``test_file``'s pairwise accuracy
+    and the "shorter wins" baseline on it go into metrics.json."""
 
-    The folder reloads alone with ``modeling.load_reward_model(out_dir)`` (config with
-    ``num_labels=1`` and ``pad_token_id``, safetensors with the head, tokenizer).
-    ``callbacks``: extra ``TrainerCallback``s. Returns the metrics also written to
-    ``<out_dir>/metrics.json``.
-    """
+    stage = "rm"
+    task = "SEQ_CLS"
+    trainer_class = RewardTrainer
 
-    from transformers import set_seed
+    def __init__(self, *args, test_file, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.test_file = test_file
 
-    eng.setup_threads(engine)
-    set_seed(engine.seed)  # the scalar head is freshly initialised
-    args = eng.make_training_args(params, engine, work_dir, log_dir)
-    tok = load_tokenizer(base, padding_side="right")
-    model = load_reward_model(base, dtype="fp32", pad_token_id=tok.pad_token_id)
-    model = eng.prepare_model(model, engine, "SEQ_CLS")
-    train_records, test_records = read_records(train_file), read_records(test_file)
-    train = encode_rm(tok, train_records, params.max_len, params.max_gen_len)
-    test = encode_rm(tok, test_records, params.max_len, params.max_gen_len)
-    trainer = _trainer_class()(model=model, args=args, data_collator=RMCollator(tok.pad_token_id),
-                               train_dataset=train, processing_class=tok, callbacks=callbacks,
-                               run_name="train_rm",
-                               group_lengths=([max(len(f["chosen"]), len(f["rejected"])) for f in train]
-                                              if params.group_by_length else None))
-    eng.attach_tensorboard(trainer, log_dir)
-    if trainer.accelerator.is_main_process:
-        eng.empty_dir(out_dir, keep=(work_dir, log_dir))
-    run_params = {"stage": "rm", "base": str(base), "train": str(train_file),
-                  "rm": params.to_dict(), "engine": engine.to_dict()}
-    out = eng.run_trainer(trainer, work_dir, run_params)
+    def load_model(self):
+        return load_reward_model(self.base, dtype="fp32", pad_token_id=self.tokenizer.pad_token_id)
 
-    metrics = {
-        **eng.train_metrics(trainer, out, len(train)),
-        **evaluate_rm(trainer, test, params.micro_batch_size),
-        "test_shorter_wins_accuracy": shorter_wins_accuracy(test_records),
-    }
-    eng.finish(trainer, tok, out_dir, work_dir, run_params, metrics)
-    return metrics
+    def encode(self, records):
+        return encode_rm(self.tokenizer, records, self.params.max_len, self.params.max_gen_len)
+
+    def collator(self):
+        return RMCollator(self.tokenizer.pad_token_id)
+
+    def group_length(self, feature):
+        return max(len(feature["chosen"]), len(feature["rejected"]))
+
+    def evaluate(self, trainer):
+        records = read_records(self.test_file)
+        return {**evaluate_rm(trainer, self.encode(records), self.params.micro_batch_size),
+                "test_shorter_wins_accuracy": shorter_wins_accuracy(records)}
+
+
+def train_rm(base, train_file, test_file, out_dir, work_dir, log_dir, params, runtime,
+             callbacks=None) -> dict:
+    """:class:`RMRecipe` run; returns the metrics also written to ``<out_dir>/metrics.json``."""
+    return RMRecipe(base, train_file, out_dir, work_dir, log_dir, params, runtime,
+                    callbacks=callbacks, test_file=test_file).run()

@@ -1,4 +1,4 @@
-"""Sampling completions from a causal LM, and the log-probs of given completions.
+"""Sampling completions from a causal LM.
 
 ``sample_completions`` draws ``num_return`` completions per prompt with batched
 ``generate`` (left padding, KV cache, position ids from the attention mask), prompts
@@ -35,15 +35,15 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
+from transformers import LogitsProcessor, StoppingCriteria
 
 from .batching import Encoded, encode_prompt, length_sorted_batches, pad_batch
-from .errors import ParamsError
 from .io import RecordError, iter_records, write_records
 from .modeling import load_causal_lm, load_tokenizer
+from .params import GenerationParams
+from .runtime import default_device, inference, progress_bar
 
 TURN_MARKERS = ("\n\nHuman:", "\n\nAssistant:")
 
@@ -56,44 +56,6 @@ def cut_at_turn(text: str, markers: tuple[str, ...] = TURN_MARKERS) -> str:
     """
     cut = min((k for k in (text.find(m) for m in markers) if k >= 0), default=len(text))
     return text[:cut]
-
-
-@dataclass
-class SampleParams:
-    """The ``sample`` / ``eval`` config sections (sampling part)."""
-
-    num_return: int = 2
-    temperature: float = 0.8
-    top_k: int = 0
-    max_new_tokens: int = 200
-    max_len: int = 512
-    batch_size: int = 32
-    num_prompts: int | None = None
-
-    # Keys of the config sections that belong to other stages (scoring, eval bookkeeping).
-    TOLERATED = frozenset({"score_batch_size", "checkpoints", "val_prompts", "select_by"})
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SampleParams":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - cls.TOLERATED)
-        if unknown:
-            raise ParamsError(f"unknown sampling parameter(s) {unknown}; valid: {sorted(names)} "
-                             f"(also tolerated and ignored: {sorted(cls.TOLERATED)})")
-        p = cls(**{k: v for k, v in d.items() if k in names})
-        p.validate()
-        return p
-
-    def validate(self) -> None:
-        for name in ("num_return", "max_new_tokens", "max_len", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ParamsError(f"sampling {name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ParamsError(f"sampling temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ParamsError(f"sampling top_k must be >= 0 (0 = disabled), got {self.top_k}")
-        if self.num_prompts is not None and self.num_prompts < 1:
-            raise ParamsError(f"sampling num_prompts must be >= 1 or null, got {self.num_prompts}")
 
 
 def stream_seed(seed: int, prompt_index: int, return_index: int) -> int:
@@ -113,29 +75,31 @@ def _uniforms(seed: int, keys: list[tuple[int, int]], steps: int) -> torch.Tenso
     return out
 
 
-def _sampler(uniforms: torch.Tensor, prompt_width: int, temperature: float, top_k: int):
+class InverseCDFSampler(LogitsProcessor):
     """A LogitsProcessor that turns greedy ``generate`` into seeded per-row sampling.
 
     It draws token = F^-1(u) from softmax(logits / temperature) (top-k masked) with the
-    row's own uniform ``u`` for this step, and returns scores that are 0 at that token and
-    -inf elsewhere, so generate's argmax picks it.
+    row's own uniform ``u`` for this step (``uniforms`` (rows, steps); ``prompt_width``: the
+    padded prompts' length, where step 0 starts), and returns scores that are 0 at that token
+    and -inf elsewhere, so generate's argmax picks it.
     """
-    from transformers import LogitsProcessor
 
-    class InverseCDFSampler(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            step = input_ids.shape[1] - prompt_width
-            logits = scores.float() / temperature                                # (B, V)
-            if 0 < top_k < logits.shape[-1]:
-                kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            cdf = torch.softmax(logits, dim=-1).double().cumsum(-1)               # (B, V)
-            x = uniforms[:, step:step + 1] * cdf[:, -1:]                          # (B, 1)
-            token = torch.searchsorted(cdf, x, right=True).clamp_(max=cdf.shape[-1] - 1)
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, token, 0.0)
+    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float,
+                 top_k: int):
+        self.uniforms, self.prompt_width = uniforms, prompt_width
+        self.temperature, self.top_k = temperature, top_k
 
-    return InverseCDFSampler()
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_width
+        logits = scores.float() / self.temperature                           # (B, V)
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        cdf = torch.softmax(logits, dim=-1).double().cumsum(-1)               # (B, V)
+        x = self.uniforms[:, step:step + 1] * cdf[:, -1:]                     # (B, 1)
+        token = torch.searchsorted(cdf, x, right=True).clamp_(max=cdf.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, token, 0.0)
 
 
 def _turn_end_tokens(tokenizer, vocab_size: int, markers: tuple[str, ...] = TURN_MARKERS):
@@ -147,31 +111,31 @@ def _turn_end_tokens(tokenizer, vocab_size: int, markers: tuple[str, ...] = TURN
     return ends
 
 
-def _turn_stopper(tokenizer, ends: torch.Tensor, prompt_width: int,
-                  markers: tuple[str, ...] = TURN_MARKERS):
-    """A StoppingCriteria: a row is done once its generated text contains a turn marker.
+class TurnStop(StoppingCriteria):
+    """A StoppingCriteria: a row is done once its generated text (after ``prompt_width``)
+    contains a turn marker.
 
-    Cheap: only rows whose newest token can end a marker (``ends``) are decoded, and only
-    their last few generated tokens (a marker of n bytes spans at most n tokens, as every
-    ordinary token is at least one byte).
+    Cheap: only rows whose newest token can end a marker (``ends``, :func:`_turn_end_tokens`)
+    are decoded, and only their last few generated tokens (a marker of n bytes spans at most n
+    tokens, as every ordinary token is at least one byte).
     """
-    from transformers import StoppingCriteria
 
-    window = max(len(m.encode()) for m in markers)
+    def __init__(self, tokenizer, ends: torch.Tensor, prompt_width: int,
+                 markers: tuple[str, ...] = TURN_MARKERS):
+        self.tokenizer, self.ends, self.prompt_width, self.markers = (tokenizer, ends,
+                                                                      prompt_width, markers)
+        self.window = max(len(m.encode()) for m in markers)
 
-    class TurnStop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            gen = input_ids[:, prompt_width:]
-            rows = ends[gen[:, -1]].nonzero().flatten().tolist()
-            if rows:
-                tails = tokenizer.batch_decode(gen[rows, -window:].tolist())
-                hit = [r for r, t in zip(rows, tails) if any(m in t for m in markers)]
-                if hit:
-                    done[hit] = True
-            return done
-
-    return TurnStop()
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        gen = input_ids[:, self.prompt_width:]
+        rows = self.ends[gen[:, -1]].nonzero().flatten().tolist()
+        if rows:
+            tails = self.tokenizer.batch_decode(gen[rows, -self.window:].tolist())
+            hit = [r for r, t in zip(rows, tails) if any(m in t for m in self.markers)]
+            if hit:
+                done[hit] = True
+        return done
 
 
 def _as_prompt(ids: list[int]) -> Encoded:
@@ -264,7 +228,6 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
     ``generate``'s growing one (same samples; less prompt compute, no cache copy per step).
     ``static_cache=False`` keeps the shared prompt forward but the growing cache.
     """
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     device = next(model.parameters()).device
@@ -278,42 +241,34 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
     )
     results: list[list[str]] = [[] for _ in prompts]
     new_tokens, t0 = 0, time.perf_counter()
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(prompts), unit="prompt", desc="sampling", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
-                keys = [(i, j) for i in idx for j in range(num_return)]
-                uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
-                batch = {k: v.repeat_interleave(num_return, 0) for k, v in uniq.items()}
-                width = batch["input_ids"].shape[1]
-                processors = LogitsProcessorList()
-                if temperature > 0:
-                    u = _uniforms(seed, keys, max_new_tokens).to(device)
-                    processors.append(_sampler(u, width, temperature, top_k))
-                stop = StoppingCriteriaList([_turn_stopper(tokenizer, ends, width)])
-                extra = {}
-                if share_prompt_cache and num_return > 1 and width > 1:
-                    extra["cache"] = _shared_prompt_cache(
-                        model, [encoded[i] for i in idx], width, num_return, pad_id, device,
-                        max_new_tokens, static_cache)
-                out = model.generate(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                    generation_config=gen_config, logits_processor=processors,
-                    stopping_criteria=stop, **extra,
-                )
-                for (i, _), row in zip(keys, out[:, width:].tolist()):
-                    ids = _strip_generated(row, eos_id)
-                    new_tokens += len(ids)
-                    results[i].append(cut_at_turn(tokenizer.decode(ids, skip_special_tokens=True)))
-                bar.update(len(idx))
-                bar.set_postfix(new_tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
-    finally:
-        bar.close()
-        model.train(was_training)
+    with inference(model), progress_bar(len(prompts), "sampling", "prompt", progress) as bar:
+        for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
+            keys = [(i, j) for i in idx for j in range(num_return)]
+            uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
+            batch = {k: v.repeat_interleave(num_return, 0) for k, v in uniq.items()}
+            width = batch["input_ids"].shape[1]
+            processors = LogitsProcessorList()
+            if temperature > 0:
+                u = _uniforms(seed, keys, max_new_tokens).to(device)
+                processors.append(InverseCDFSampler(u, width, temperature, top_k))
+            stop = StoppingCriteriaList([TurnStop(tokenizer, ends, width)])
+            extra = {}
+            if share_prompt_cache and num_return > 1 and width > 1:
+                extra["cache"] = _shared_prompt_cache(
+                    model, [encoded[i] for i in idx], width, num_return, pad_id, device,
+                    max_new_tokens, static_cache)
+            out = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=gen_config, logits_processor=processors,
+                stopping_criteria=stop, **extra,
+            )
+            for (i, _), row in zip(keys, out[:, width:].tolist()):
+                ids = _strip_generated(row, eos_id)
+                new_tokens += len(ids)
+                results[i].append(cut_at_turn(tokenizer.decode(ids, skip_special_tokens=True)))
+            bar.update(len(idx))
+            bar.set_postfix(new_tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
     return results
 
 
@@ -329,20 +284,18 @@ def read_prompts(in_file, num_prompts: int | None = None) -> list[str]:
     return prompts
 
 
-def sample_file(model_dir, in_file, out_file, params: SampleParams, seed: int,
+def sample_file(model_dir, in_file, out_file, params: GenerationParams, seed: int,
                 num_prompts: int | None = None, dtype: str | None = None,
                 device: str | None = None) -> int:
-    """Sample ``params.num_return`` completions for each prompt of ``in_file``.
+    """Sample ``params.num_return`` completions for each prompt of ``in_file`` (the first
+    ``num_prompts``, when given).
 
     Writes ``{"prompt", "completions": [...]}`` records to ``out_file`` in input order and
-    returns how many. ``num_prompts`` (else ``params.num_prompts``) keeps the first N
-    prompts. ``device`` defaults to CUDA when available.
+    returns how many. ``device`` defaults to CUDA when available.
     """
-    n = num_prompts if num_prompts is not None else params.num_prompts
-    prompts = read_prompts(in_file, n)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = read_prompts(in_file, num_prompts)
     tok = load_tokenizer(str(model_dir), padding_side="left")
-    model = load_causal_lm(str(model_dir), dtype=dtype).to(device).eval()
+    model = load_causal_lm(str(model_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
     outs = sample_completions(model, tok, prompts, num_return=params.num_return,
                               temperature=params.temperature, top_k=params.top_k,

@@ -37,7 +37,7 @@ import statistics
 from pathlib import Path
 
 from .io import RecordError, read_json, read_records
-from .rewards import summarize_rewards
+from .stats import flatten, summarize
 
 BASE_COLUMNS = ["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
                 "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
@@ -52,10 +52,6 @@ CRITERIA = {"reward": "rewards", "gold": "gold", "win_rate": "wins"}
 
 def columns(gold: bool) -> list[str]:
     return BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + LENGTH_COLUMNS + SELECT_COLUMNS
-
-
-def _flat(rows):
-    return [v for row in rows for v in row]
 
 
 def _stats(prefix: str, s: dict | None) -> dict:
@@ -75,21 +71,21 @@ def split(records: list, val_prompts: int, where: str) -> tuple[list, list]:
 
 def slice_metrics(records: list[dict]) -> dict:
     """The summary numbers of some prompts' records (``eval/<run>/ckpt<k>/rewards.jsonl``)."""
-    row = {"win_rate": statistics.fmean(_flat(r["wins"] for r in records)),
+    row = {"win_rate": statistics.fmean(flatten(r["wins"] for r in records)),
            "kl": statistics.fmean(a - b for r in records
                                   for a, b in zip(r["logps"], r["sft_logps"])),
-           "kl_exact": statistics.fmean(_flat(r.get("kl_exact", [0.0] * len(r["logps"]))
+           "kl_exact": statistics.fmean(flatten(r.get("kl_exact", [0.0] * len(r["logps"]))
                                               for r in records)),
-           "length_tokens": statistics.fmean(_flat(r["lengths"] for r in records)),
+           "length_tokens": statistics.fmean(flatten(r["lengths"] for r in records)),
            "length_chars": statistics.fmean(len(c) for r in records for c in r["completions"]),
            "report_prompts": len(records)}
-    row.update(_stats("reward", summarize_rewards(_flat(r["rewards"] for r in records))))
+    row.update(_stats("reward", summarize(flatten(r["rewards"] for r in records))))
     if all("gold" in r for r in records):
-        row.update(_stats("gold", summarize_rewards(_flat(r["gold"] for r in records))))
+        row.update(_stats("gold", summarize(flatten(r["gold"] for r in records))))
         if all("sft_gold" in r for r in records):
             # paired by prompt (the same prompts, the same sampling streams): far tighter than
             # comparing two independent intervals
-            row.update(_stats("gold_vs_sft", summarize_rewards(
+            row.update(_stats("gold_vs_sft", summarize(
                 [statistics.fmean(r["gold"]) - statistics.fmean(r["sft_gold"]) for r in records])))
     return row
 
@@ -100,7 +96,7 @@ def val_score(records: list[dict], select_by: str, where: str) -> float:
     if any(key not in r for r in records):
         raise RecordError(f"{where}: eval.select_by {select_by!r} needs {key!r} in every record "
                           "(gold: the synthetic source only)")
-    return statistics.fmean(_flat(r[key] for r in records))
+    return statistics.fmean(flatten(r[key] for r in records))
 
 
 def dataset_rows(records: list[dict]) -> list[dict]:
@@ -112,9 +108,9 @@ def dataset_rows(records: list[dict]) -> list[dict]:
                "length_tokens": statistics.fmean(r["lengths"][j] for r in records),
                "length_chars": statistics.fmean(len(r["completions"][j]) for r in records),
                "report_prompts": len(records)}
-        row.update(_stats("reward", summarize_rewards([r["rewards"][j] for r in records])))
+        row.update(_stats("reward", summarize([r["rewards"][j] for r in records])))
         if all("gold" in r for r in records):
-            row.update(_stats("gold", summarize_rewards([r["gold"][j] for r in records])))
+            row.update(_stats("gold", summarize([r["gold"][j] for r in records])))
         rows.append(row)
     return rows
 

@@ -1,7 +1,7 @@
 # Alignment: EXO / DPO runs from the SFT model, checkpoints every save_every steps.
 #   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl   reference log-probs (once)
 #   models/align/<run>/ckpt<k>/         k = 1..max_steps // save_every, at step k * save_every
-#   models/align/<run>/train_metrics.json
+#   models/align/<run>/metrics.json
 # A run is a configuration (align.runs, or a point of an align.grid sweep) trained with one seed
 # of align.seeds: <configuration> for the top-level seed, <configuration>_s<seed> for another.
 # One rule per run: each run has its own number of checkpoints, and every ckpt<k>/config.json
@@ -17,40 +17,34 @@ wildcard_constraints:
 
 rule precompute_ref:
     """Reference (SFT) log-probs of every candidate of an alignment data set, computed once
-    per data set, temperature and truncation; the runs that share them share the file."""
+    per data set, temperature and truncation; the runs that share them share the file.
+    """
     input:
-        model=res("models/sft/config.json"),
+        reference=res("models/sft/config.json"),
         data=res("data/{data}/train.jsonl"),
         deepspeed=PLAN.deepspeed_inputs(),
     output:
-        res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}.jsonl"),
-    params:
-        cmd=command("precompute_ref"),
-        code=code_of("precompute_ref"),
-        model=parent_of("model", "input"),
-        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
-        batch_size=config["sample"]["score_batch_size"],
-        engine=as_json(PLAN.ref_engine_params()),
+        cache=res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}.jsonl"),
+    log:
+        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}"),
+    benchmark:
+        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}")
     wildcard_constraints:
         data=PLAN.align_data_regex(),
         temp=r"[0-9][0-9.e+-]*",
         max_len=r"\d+",
         max_gen_len=r"\d+",
-    threads: workflow.cores
-    resources:
-        gpu=min(PLAN.gpus(), 1),
-    log:
-        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}"),
-    benchmark:
-        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}")
     conda:
         "../envs/exoflow.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=PLAN.inference_gpus(),
+    params:
+        code=code_of("precompute_ref"),
+        batch_size=CFG.sample.score_batch_size,
+        runtime=as_json(PLAN.ref_runtime()),
     shell:
-        "{params.gpu}OMP_NUM_THREADS={threads} {params.cmd} "
-        "--reference {params.model:q} --data {input.data:q} --output {output:q} "
-        "--temp {wildcards.temp:q} --max-len {wildcards.max_len:q} "
-        "--max-gen-len {wildcards.max_gen_len:q} --batch-size {params.batch_size:q} "
-        "--code-hash {params.code:q} --engine {params.engine:q} > {log:q} 2>&1"
+        run_script("precompute_ref", PLAN.inference_prefix())
 
 
 for run in PLAN.align_runs():
@@ -59,42 +53,31 @@ for run in PLAN.align_runs():
         name:
             rule_name("train_align", run)
         input:
-            model=res("models/sft/config.json"),
-            data=PLAN.align_data(run),
-            ref=PLAN.ref_cache_inputs(run),
+            policy=res("models/sft/config.json"),
+            train=PLAN.align_data(run),
+            ref_logps=PLAN.ref_cache_inputs(run),
             deepspeed=PLAN.deepspeed_inputs(),
         output:
             ckpts=PLAN.align_ckpt_configs(run),
             metrics=PLAN.align_metrics(run),
-        params:
-            script=script("train_align"),
-            code=code_of("train_align"),
-            ref_code=code_of("precompute_ref"),
-            model=parent_of("model", "input"),
-            gpu=PLAN.gpu_prefix(PLAN.gpus()),
-            align=as_json(PLAN.run_params(run)),
-            engine=as_json(PLAN.run_engine_params(run)),
-            launcher=PLAN.train_launcher(),
-            procs=PLAN.processes(),
-            ref=(["--ref-logps", *PLAN.ref_cache_inputs(run)] if PLAN.precompute_ref() else []),
-            out=parent_of("metrics"),
-            work=res(f"work/align/{run}"),
-            tb=res(f"logs/tensorboard/align/{run}"),
-        threads: workflow.cores
-        resources:
-            gpu=PLAN.gpus(),
         log:
             log("train_align", run),
         benchmark:
             bench("train_align", run)
         conda:
             "../envs/exoflow.yaml"
+        threads: workflow.cores
+        resources:
+            gpu=PLAN.gpus(),
+        params:
+            code=code_of("train_align"),
+            ref_code=code_of("precompute_ref"),
+            align=as_json(PLAN.run_params(run)),
+            runtime=as_json(PLAN.runtime(run)),
+            work_dir=res(f"work/align/{run}"),
+            log_dir=res(f"logs/tensorboard/align/{run}"),
         shell:
-            "{params.gpu}OMP_NUM_THREADS=$(( {threads} / {params.procs} > 1 ? {threads} / {params.procs} : 1 )) {params.launcher} {params.script:q} "
-            "--policy {params.model:q} --train {input.data:q} {params.ref:q} "
-            "--ref-code-hash {params.ref_code:q} "
-            "--out {params.out:q} --work-dir {params.work:q} --log-dir {params.tb:q} "
-            "--params {params.align:q} --engine {params.engine:q} > {log:q} 2>&1"
+            run_script("train_align", PLAN.train_prefix())
 
 
 rule align_all:

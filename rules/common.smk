@@ -1,5 +1,6 @@
 # Validation, path helpers and input functions; the plan itself (runs, checkpoints, file
-# names, GPU prefixes) is exoflow.plan, unit-tested without Snakemake.
+# names, GPU prefixes) is exoflow.plan and every parameter is exoflow.params, both tested
+# without Snakemake.
 import json
 import shlex
 import sys
@@ -8,15 +9,17 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+from exoflow.cli import script_parser, shell_args
 from exoflow.codehash import code_hash
 from exoflow.config_check import check_config
-from exoflow.plan import Plan, as_json, rule_name
+from exoflow.plan import rule_name
 
-
-# set_default=False: the schema's defaults describe the dataclasses' (tests/test_schema.py); filled
-# into align.runs entries they would override align.defaults.
+# The schema is generated from exoflow/params.py (tests/test_params.py keeps them equal);
+# set_default=False: exoflow.params fills the defaults, once.
 validate(config, schema="../schemas/config.schema.yaml", set_default=False)
-check_config(config)  # what the schema cannot say: model.init's folder, the checkpoint grid
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+PACKAGE = Path(workflow.basedir) / "exoflow"
+SPLITS = ["train", "test"]
 
 
 def relative(path):
@@ -29,28 +32,22 @@ def relative(path):
         return str(p)
 
 
-def code_of(name):
-    """The hash of what workflow_scripts/<name>.py and every exoflow module it imports
-    (transitively, imports inside functions included) do: a params value, so that Snakemake's
-    params trigger re-runs exactly the rules whose code changed; comments, docstrings and
-    formatting change nothing (exoflow.codehash)."""
-    return code_hash(SCRIPTS / f"{name}.py", PACKAGE)
-
-
 def python_command():
     """The Python that runs every script: the one Snakemake itself runs in (so
     `.venv/bin/snakemake ...` works without an activated venv), quoted for the shell; plain
     `python` (the rule's environment's) with per-rule conda envs (--sdm conda)."""
     methods = getattr(workflow.deployment_settings, "deployment_method", ()) or ()
-    return "python" if DeploymentMethod.CONDA in methods else shlex.quote(relative(sys.executable))
+    return (
+        "python"
+        if DeploymentMethod.CONDA in methods
+        else shlex.quote(relative(sys.executable))
+    )
 
 
-PYTHON = python_command()
-PLAN = Plan(config, python=PYTHON)
+PLAN = check_config(config)  # exoflow.config_check: what the schema cannot say
+PLAN.python = python_command()
+CFG = PLAN.cfg  # the config as exoflow.params objects, every default filled in
 RESULTS = PLAN.results
-SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
-PACKAGE = Path(workflow.basedir) / "exoflow"
-SPLITS = ["train", "test"]
 
 
 def res(path):
@@ -66,27 +63,48 @@ def bench(rule, name="bench"):
     return f"{RESULTS}/benchmarks/{rule}/{name}.tsv"
 
 
-def script(name):
-    """workflow_scripts/<name>.py (relative to the working directory when inside it): a params
-    value, not an input, so that only a change of what it does (code_of) re-runs its rule."""
-    return relative(SCRIPTS / f"{name}.py")
+def as_json(value):
+    """A params value for a script, as exoflow.cli.value reads it back: a string as it is,
+    anything else (a parameter section, None, a bool) as JSON with sorted keys."""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def command(name):
-    """The shell words that run workflow_scripts/<name>.py with PYTHON, quoted."""
-    return f"{PYTHON} {shlex.quote(script(name))}"
+def code_of(name):
+    """The hash of what workflow_scripts/<name>.py and every exoflow module it imports
+    (transitively, imports inside functions included) do: a params value, so that Snakemake's
+    params trigger re-runs exactly the rules whose code changed; comments, docstrings and
+    formatting change nothing (exoflow.codehash)."""
+    return code_hash(SCRIPTS / f"{name}.py", PACKAGE)
+
+
+def run_script(name, prefix=None):
+    """The shell line that runs workflow_scripts/<name>.py, ``<prefix> <script>``, then
+    every argument the script declares (exoflow.cli.ScriptParser), each read from the rule's
+    input, output, params or wildcards of the same name, so that a rule and its script cannot
+    drift; the log gets stdout and stderr. ``prefix``: the Python (and launcher) to run it.
+    """
+    path = SCRIPTS / f"{name}.py"
+    words = shell_args(script_parser(path))
+    return (
+        f"{PLAN.python if prefix is None else prefix} {shlex.quote(relative(path))} "
+        f"{words} > {{log:q}} 2>&1"
+    )
 
 
 # ---- input functions -------------------------------------------------------------------------
 
 
-def data_params(wildcards):
-    return as_json(PLAN.data_params(wildcards.split))
-
-
 def base_model_arg(wildcards, input):
     """The folder (or hub name) SFT and RM start from."""
-    return relative(PLAN.base_model()) if Path(PLAN.base_model()).exists() else PLAN.base_model()
+    return (
+        relative(PLAN.base_model())
+        if Path(PLAN.base_model()).exists()
+        else PLAN.base_model()
+    )
 
 
 def base_model_input():
@@ -95,15 +113,8 @@ def base_model_input():
 
 
 def ckpt_model(wildcards):
-    return PLAN.ckpt_model(wildcards.run, wildcards.k)
+    return PLAN.ckpt_model(wildcards.run, wildcards.ckpt)
 
 
 def ckpt_step(wildcards):
-    return PLAN.ckpt_step(wildcards.run, wildcards.k)
-
-
-def parent_of(name, kind="output"):
-    """A params function: the folder of input/output ``name`` (a model's config.json)."""
-    if kind == "output":
-        return lambda wildcards, output: str(Path(output[name]).parent)
-    return lambda wildcards, input: str(Path(input[name]).parent)
+    return PLAN.ckpt_step(wildcards.run, wildcards.ckpt)

@@ -7,28 +7,24 @@ rule sample_sft:
         model=res("models/sft/config.json"),
         prompts=res("data/pref/{split}.jsonl"),
     output:
-        res("data/sft_samples/{split}.jsonl"),
-    params:
-        cmd=command("sample"),
-        code=code_of("sample"),
-        model=parent_of("model", "input"),
-        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
-        dtype=PLAN.inference_dtype_arg(),
-        sample=as_json(config["sample"]),
-        seed=config["seed"],
-    threads: workflow.cores
-    resources:
-        gpu=min(PLAN.gpus(), 1),
+        samples=res("data/sft_samples/{split}.jsonl"),
     log:
         log("sample_sft", "{split}"),
     benchmark:
         bench("sample_sft", "{split}")
     conda:
         "../envs/exoflow.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=PLAN.inference_gpus(),
+    params:
+        code=code_of("sample"),
+        generation=as_json(CFG.sample.generation()),
+        seed=CFG.seed,
+        num_prompts=as_json(None),
+        dtype=as_json(PLAN.inference_dtype()),
     shell:
-        "{params.gpu}{params.cmd} --model {params.model:q} --input {input.prompts:q} "
-        "--output {output:q} --params {params.sample:q} --seed {params.seed:q} "
-        "{params.dtype} --num-threads {threads} > {log:q} 2>&1"
+        run_script("sample", PLAN.inference_prefix(threads=False))
 
 
 rule label_rewards:
@@ -37,27 +33,20 @@ rule label_rewards:
         rm=res("models/rm/config.json"),
         samples=res("data/sft_samples/{split}.jsonl"),
     output:
-        res("data/rm_labels/{split}.jsonl"),
-    params:
-        cmd=command("label_rewards"),
-        code=code_of("label_rewards"),
-        rm=parent_of("rm", "input"),
-        gpu=PLAN.gpu_prefix(min(PLAN.gpus(), 1)),
-        dtype=PLAN.inference_dtype_arg(),
-        batch_size=config["sample"]["score_batch_size"],
-        max_len=config["rm"]["max_len"],
-        max_gen_len=config["rm"]["max_gen_len"],
-    threads: workflow.cores
-    resources:
-        gpu=min(PLAN.gpus(), 1),
+        labels=res("data/rm_labels/{split}.jsonl"),
     log:
         log("label_rewards", "{split}"),
     benchmark:
         bench("label_rewards", "{split}")
     conda:
         "../envs/exoflow.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=PLAN.inference_gpus(),
+    params:
+        code=code_of("label_rewards"),
+        batch_size=CFG.sample.score_batch_size,
+        rm_layout=as_json(CFG.rm.layout()),
+        dtype=as_json(PLAN.inference_dtype()),
     shell:
-        "{params.gpu}OMP_NUM_THREADS={threads} {params.cmd} --rm {params.rm:q} "
-        "--input {input.samples:q} --output {output:q} --batch-size {params.batch_size:q} "
-        "--max-len {params.max_len:q} --max-gen-len {params.max_gen_len:q} {params.dtype} "
-        "> {log:q} 2>&1"
+        run_script("label_rewards", PLAN.inference_prefix())

@@ -12,28 +12,23 @@ rule study:
         records=[res("eval/sft/ckpt0/rewards.jsonl"), *PLAN.eval_rewards_targets()],
     output:
         csv=report(res("study/study.csv"), category="Study"),
-        compare=report(res("study/compare.csv"), category="Study"),
+        comparisons=report(res("study/compare.csv"), category="Study"),
         png=report(res("study/study.png"), category="Study"),
-    params:
-        cmd=command("study"),
-        code=code_of("study"),
-        runs=PLAN.eval_run_meta(),
-        compare=json.dumps(PLAN.comparisons()),
-        val_prompts=PLAN.eval_split()["val_prompts"],
-        select_by=PLAN.eval_split()["select_by"],
-        bootstrap=(config.get("study") or {}).get("bootstrap", 2000),
-        seed=config["seed"],
-        out=parent_of("csv"),
-        title=config["run_name"],
-    threads: 1
     log:
         log("study"),
     benchmark:
         bench("study")
     conda:
         "../envs/exoflow.yaml"
+    threads: 1
+    params:
+        code=code_of("study"),
+        runs=json.dumps(PLAN.run_meta()),  # not as_json: the run order is the table's
+        compare=json.dumps(PLAN.comparisons()),
+        val_prompts=CFG.eval.val_prompts,
+        select_by=CFG.eval.select_by,
+        bootstrap=CFG.study.bootstrap,
+        seed=CFG.seed,
+        title=CFG.run_name,
     shell:
-        "{params.cmd} --sft {input.sft:q} --checkpoints {input.checkpoints:q} "
-        "--runs {params.runs:q} --compare {params.compare:q} --val-prompts {params.val_prompts:q} "
-        "--select-by {params.select_by:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q} "
-        "--out {params.out:q} --title {params.title:q} > {log:q} 2>&1"
+        run_script("study")

@@ -1,7 +1,8 @@
-"""Print the README's configuration table, generated from schemas/config.schema.yaml: one row
-per key, its default where the schema gives one, and the schema's description of it.
+"""Print the configuration table of docs/CONFIG.md, generated from schemas/config.schema.yaml
+(itself generated from exoflow/params.py): one row per key, its default where there is one,
+and its description.
 
-    python scripts/config_table.py      # tests/test_schema.py checks the README holds exactly this
+    python scripts/config_table.py      # tests/test_params.py checks docs/CONFIG.md holds this
 """
 
 import json
@@ -13,28 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows(schema: dict) -> list[tuple[str, str, str]]:
-    defs = schema["definitions"]
+    out: list = []
 
-    def walk(prefix: str, node: dict, out: list):
-        if "$ref" in node:
-            ref = defs[node["$ref"].split("/")[-1]]
-            if "properties" not in ref:  # a plain type: keep the key's own fields
-                node = {**ref, **{k: v for k, v in node.items() if k != "$ref"}}
-            else:
-                if node.get("description"):
-                    out.append((prefix, "", node["description"]))
-                node = ref
+    def walk(prefix: str, node: dict):
         if "properties" in node:
-            if node.get("description") and prefix and "$ref" not in node:
-                out.append((prefix, "", node["description"]))
+            if prefix:
+                out.append((prefix, "", node.get("description", "")))
             for key, sub in node["properties"].items():
-                walk(f"{prefix}.{key}" if prefix else key, sub, out)
+                walk(f"{prefix}.{key}" if prefix else key, sub)
             return
         default = f"`{json_word(node['default'])}`" if "default" in node else ""
         out.append((prefix, default, node.get("description", "")))
 
-    out: list = []
-    walk("", schema, out)
+    walk("", schema)
     return out
 
 

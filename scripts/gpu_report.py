@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             if s:
                 done[f"train_{stage}"].append(
                     f"{d['global_step'] / s:.2f} steps/s over the job (world size {d['run']['world_size']})")
-    for m in sorted((root / "models" / "align").glob("*/train_metrics.json")):
+    for m in sorted((root / "models" / "align").glob("*/metrics.json")):
         d = json.loads(m.read_text())
         done["train_align"].append(f"{m.parent.name}: {d['global_step']} steps")
     print("| rule | jobs | wall s (sum) | peak GPU GiB | throughput |")

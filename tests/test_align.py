@@ -7,74 +7,28 @@ candidates with real-valued rewards (as rm_labels).
 
 import math
 import random
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from exoflow.align import AlignParams, batch_loss, train_align
+from exoflow.align import batch_loss
 from exoflow.align_data import AlignCollator, check_num_candidates, encode_align
-from exoflow.engine import PARAMS_FILE, ParamsError
-from exoflow.io import read_json, write_records
+from exoflow.errors import ParamsError
+from exoflow.io import read_json
 from exoflow.modeling import load_causal_lm, load_tokenizer
-from exoflow.refcache import precompute_ref
-from tests.test_engine import make_base, make_records, tiny_engine
-
-ROOT = Path(__file__).resolve().parents[1]
-METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-           "logps/policy", "logps/ref", "logratio/mean", "probs/chosen", "kl/reverse", "kl/forward"]
-
-
-def p2r_records(n=16):
-    return [{"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]], "rewards": [1.0, 0.0]}
-            for r in make_records(n)]
-
-
-def k4_records(n=16):
-    out = []
-    for i, r in enumerate(make_records(n)):
-        out.append({"prompt": r["prompt"],
-                    "completions": [r["chosen"], r["rejected"], r["chosen"] + " Thanks.", " Maybe."],
-                    "rewards": [1.0 + 0.1 * i, -1.0, 0.5 - 0.2 * (i % 3), 0.1 * (i % 5)]})
-    return out
-
-
-def align_params(**kw) -> AlignParams:
-    """16 prompts, 4 per step in 2 micro-batches of 2: 4 steps per epoch."""
-    d = dict(loss="exo-rw", data="rm_labels", lr=1e-3, batch_size=4, micro_batch_size=2,
-             max_steps=4, save_every=2, max_len=64, max_gen_len=24, temp=0.8)
-    d.update(kw)
-    return AlignParams.from_dict(d)
-
-
-def make_tiny(root: Path) -> SimpleNamespace:
-    """Data (p2r-like K=2, rm_labels-like K=4), an "SFT" model and the K=4 reference cache."""
-    root.mkdir(parents=True, exist_ok=True)
-    write_records(root / "p2r.jsonl", p2r_records())
-    write_records(root / "k4.jsonl", k4_records())
-    sft = make_base(root / "sft")
-    p = align_params()
-    cache = root / "ref_k4.jsonl"
-    precompute_ref(sft, root / "k4.jsonl", cache, p.temp, p.max_len, p.max_gen_len,
-                   batch_size=8, progress=False)
-    return SimpleNamespace(root=root, sft=sft, p2r=root / "p2r.jsonl", k4=root / "k4.jsonl",
-                           cache=cache)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("align"))
-
-
-def run_align(tiny, name, params, **kw):
-    d = tiny.root / name
-    kw.setdefault("ref_cache", tiny.cache)
-    m = train_align(tiny.sft, kw.pop("train", tiny.k4), d / "out", d / "work", d / "logs", params,
-                    tiny_engine(**kw.pop("engine", {})), **kw)
-    return m, d
-
+from exoflow.params import AlignParams
+from exoflow.workdir import PARAMS_FILE
+from tests.helpers import (
+    ALIGN_METRICS,
+    ROOT,
+    Killed,
+    align_params,
+    k4_records,
+    p2r_records,
+    run_align,
+    step_callbacks,
+)
 
 # --- params and data --------------------------------------------------------------------------
 
@@ -92,13 +46,13 @@ def test_shipped_runs_resolve_to_valid_params():
 
 
 def test_bad_params_are_refused():
-    with pytest.raises(ParamsError, match="use one of"):
+    with pytest.raises(ParamsError, match="must be one of"):
         align_params(loss="ipo")
     with pytest.raises(ParamsError, match="max_steps 4 is not a multiple of save_every 5"):
         align_params(save_every=5)
     with pytest.raises(ParamsError, match="max_steps 5 is not a multiple of save_every 4"):
         align_params(max_steps=5, save_every=4)
-    with pytest.raises(ParamsError, match=r"unknown key\(s\) \['beta'\]"):
+    with pytest.raises(ParamsError, match=r"align.defaults.beta: unknown key"):
         AlignParams.from_dict({**align_params().to_dict(), "beta": 0.1})
     assert align_params(max_steps=180, save_every=9).checkpoint_steps()[-1] == 180
 
@@ -135,8 +89,8 @@ def test_collator_exact_tensors():
     assert torch.equal(b["loss_mask"], torch.tensor([[0, 1], [0, 1]]))
 
 
-def test_encode_align_layout(tiny):
-    tok = load_tokenizer(tiny.sft)
+def test_encode_align_layout(align_data):
+    tok = load_tokenizer(align_data.sft)
     rec = k4_records(1)[0]
     (f,) = encode_align(tok, [rec], max_len=64, max_gen_len=5)
     prompt = tok(rec["prompt"], add_special_tokens=False)["input_ids"]
@@ -146,12 +100,12 @@ def test_encode_align_layout(tiny):
         assert ids == prompt[-n:] + resp + [tok.eos_token_id] and len(ids) <= 64
 
 
-def test_k_not_a_multiple_of_n_is_refused(tiny):
+def test_k_not_a_multiple_of_n_is_refused(align_data):
     msg = r"K=2 completions, which is not a multiple of num_contrastive N=4"
     with pytest.raises(ParamsError, match=msg):
         check_num_candidates(p2r_records(), 4)
     with pytest.raises(ParamsError, match=msg):  # before any model is loaded
-        run_align(tiny, "k2n4", align_params(num_contrastive=4), train=tiny.p2r, ref_cache=None)
+        run_align(align_data, "k2n4", align_params(num_contrastive=4), train=align_data.p2r, ref_cache=None)
     uneven = p2r_records(2)
     uneven[1]["completions"].append("x")
     uneven[1]["rewards"].append(0.0)
@@ -161,14 +115,14 @@ def test_k_not_a_multiple_of_n_is_refused(tiny):
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_k4_in_groups_of_n(tiny, n):
-    tok = load_tokenizer(tiny.sft)
-    model = load_causal_lm(tiny.sft)
+def test_k4_in_groups_of_n(align_data, n):
+    tok = load_tokenizer(align_data.sft)
+    model = load_causal_lm(align_data.sft)
     feats = encode_align(tok, k4_records(3), 64, 24)
     batch = AlignCollator(tok.pad_token_id)(feats)
     assert batch["input_ids"].shape[0] == 12  # 3 prompts x 4 candidates
     loss, metrics = batch_loss(model, batch, align_params(num_contrastive=n), ref_model=model)
-    assert math.isfinite(loss.item()) and set(metrics) == set(METRICS)
+    assert math.isfinite(loss.item()) and set(metrics) == set(ALIGN_METRICS)
     loss.backward()
     assert model.gpt_neox.embed_in.weight.grad is not None
 
@@ -177,25 +131,25 @@ def test_k4_in_groups_of_n(tiny, n):
 
 
 @pytest.fixture(scope="module")
-def short_run(tiny):
-    return run_align(tiny, "short", align_params(), engine=dict(checkpoint_every=2))
+def short_run(align_data):
+    return run_align(align_data, "short", align_params(), engine=dict(checkpoint_every=2))
 
 
 def _params(folder):
     return dict(load_causal_lm(folder).named_parameters())
 
 
-def test_short_run_writes_loadable_checkpoints(tiny, short_run):
+def test_short_run_writes_loadable_checkpoints(align_data, short_run):
     metrics, d = short_run
     out = d / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt1", "ckpt2", "train_metrics.json"]
-    assert read_json(out / "train_metrics.json") == metrics
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt1", "ckpt2", "metrics.json"]
+    assert read_json(out / "metrics.json") == metrics
     assert metrics["global_step"] == 4 and metrics["checkpoint_steps"] == [2, 4]
     assert metrics["ref_logps"] == "cache" and metrics["num_candidates"] == 4
     curve = metrics["loss_curve"]
     assert [e["step"] for e in curve] == [1, 2, 3, 4]
-    assert all(math.isfinite(e["loss"]) for e in curve) and set(METRICS) <= set(curve[0])
-    sft = _params(tiny.sft)
+    assert all(math.isfinite(e["loss"]) for e in curve) and set(ALIGN_METRICS) <= set(curve[0])
+    sft = _params(align_data.sft)
     ckpts = [_params(out / f"ckpt{k}") for k in (1, 2)]
     for name, p in sft.items():
         assert not torch.equal(p, ckpts[0][name]), f"{name} unchanged at ckpt1"
@@ -203,8 +157,8 @@ def test_short_run_writes_loadable_checkpoints(tiny, short_run):
     for k in (1, 2):
         stamp = read_json(out / f"ckpt{k}" / PARAMS_FILE)
         assert (stamp["checkpoint"], stamp["step"], stamp["stage"]) == (k, 2 * k, "align")
-        assert stamp["align"] == align_params().to_dict()
-        assert load_tokenizer(out / f"ckpt{k}").eos_token_id == load_tokenizer(tiny.sft).eos_token_id
+        assert stamp["params"] == align_params().to_dict()
+        assert load_tokenizer(out / f"ckpt{k}").eos_token_id == load_tokenizer(align_data.sft).eos_token_id
     work = d / "work"
     assert not list(work.glob("checkpoint-*")) and not list(work.glob("ckpt*"))
 
@@ -220,39 +174,22 @@ def test_metrics_reach_tensorboard(short_run):
     assert [e.step for e in acc.Scalars("train/rewards/accuracies")] == [1, 2, 3, 4]
 
 
-class Killed(RuntimeError):
-    pass
-
-
-def _callbacks(kill_at=None, seen=None):
-    from transformers import TrainerCallback
-
-    class Cb(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if seen is not None:
-                seen.append(state.global_step)
-            if state.global_step == kill_at:
-                raise Killed(f"killed at step {kill_at}")
-
-    return [Cb()]
-
-
-def test_killed_run_resumes(tiny, short_run):
+def test_killed_run_resumes(align_data, short_run):
     ref, ref_dir = short_run
     with pytest.raises(Killed):
-        run_align(tiny, "killed", align_params(), engine=dict(checkpoint_every=2),
-                  callbacks=_callbacks(kill_at=3))
-    work = tiny.root / "killed" / "work"
+        run_align(align_data, "killed", align_params(), engine=dict(checkpoint_every=2),
+                  callbacks=step_callbacks(kill_at=3))
+    work = align_data.root / "killed" / "work"
     assert sorted(p.name for p in work.iterdir() if p.is_dir()) == ["checkpoint-2", "ckpt1"]
-    assert not (tiny.root / "killed" / "out").exists()
+    assert not (align_data.root / "killed" / "out").exists()
 
     seen = []
-    res, d = run_align(tiny, "killed", align_params(), engine=dict(checkpoint_every=2),
-                       callbacks=_callbacks(seen=seen))
+    res, d = run_align(align_data, "killed", align_params(), engine=dict(checkpoint_every=2),
+                       callbacks=step_callbacks(seen=seen))
     assert res["resumed_from"] == str(work / "checkpoint-2") and seen == [3, 4]
     assert [e["step"] for e in res["loss_curve"]] == [1, 2, 3, 4]
     for a, b in zip(res["loss_curve"], ref["loss_curve"]):
-        assert set(a) == set(b) and set(METRICS) <= set(a)
+        assert set(a) == set(b) and set(ALIGN_METRICS) <= set(a)
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     assert res["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
@@ -266,14 +203,14 @@ def test_killed_run_resumes(tiny, short_run):
 
 
 @pytest.mark.parametrize("loss", ["exo-rw", "dpo-rw", "exo-pref", "dpo-pref"])
-def test_every_loss_trains(tiny, loss):
+def test_every_loss_trains(align_data, loss):
     """One step with the reference model run on the fly: finite loss, every parameter moved."""
-    train = tiny.p2r if loss.endswith("pref") else tiny.k4
+    train = align_data.p2r if loss.endswith("pref") else align_data.k4
     params = align_params(loss=loss, max_steps=1, save_every=1)
-    m, d = run_align(tiny, f"loss_{loss}", params, train=train, ref_cache=None)
+    m, d = run_align(align_data, f"loss_{loss}", params, train=train, ref_cache=None)
     assert m["ref_logps"] == "model" and math.isfinite(m["loss_curve"][0]["loss"])
     assert m["loss_curve"][0]["logratio/mean"] == pytest.approx(0.0, abs=1e-5)  # policy = ref
-    sft, new = _params(tiny.sft), _params(d / "out" / "ckpt1")
+    sft, new = _params(align_data.sft), _params(d / "out" / "ckpt1")
     for name, p in sft.items():
         assert not torch.equal(p, new[name]), f"{loss}: {name} unchanged"
 
@@ -282,7 +219,7 @@ def test_every_loss_trains(tiny, loss):
 
 
 def test_length_grouped_sampler_is_seeded_and_pads_less():
-    from exoflow.engine import length_grouped_sampler as _length_grouped_sampler
+    from exoflow.trainer import SeededLengthGroupedSampler as _length_grouped_sampler
 
     rng = random.Random(0)
     lengths = [rng.randint(20, 500) for _ in range(400)]

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from exoflow.io import read_records
-from tests.workflow_utils import copy_workflow, planned_jobs, snakemake
+from tests.helpers import copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -207,11 +207,13 @@ def test_common_random_numbers(done):
     the same seed and sampling parameters, so sample j of prompt i comes from the same random
     stream (exoflow.sampling.stream_seed(seed, i, j)) in every run."""
     proc = snakemake(done, "eval_all", "-n", "-p", "--forceall", *CFG)
-    args = re.findall(r"workflow_scripts/sample\.py --model (\S+) --input (\S+) --output "
-                      r"(\S+) --params ('[^']*') --seed (\d+)", proc.stdout + proc.stderr)
-    evals = [a for a in args if "/samples/" in a[2]]
+    args = re.findall(r"workflow_scripts/sample\.py --model (\S+) --prompts (\S+) --generation "
+                      r"('[^']*') --seed (\d+) --num-prompts (\S+) --dtype (\S+) --threads "
+                      r"(\d+) --samples (\S+)", proc.stdout + proc.stderr)
+    evals = [a for a in args if "/samples/" in a[7]]
     assert len(evals) == 1 + 4 * 2  # SFT + 4 runs x 2 checkpoints
-    assert len({(a[1], a[3], a[4]) for a in evals}) == 1  # prompts, params and seed: all equal
+    # prompts, sampling parameters, seed, prompt count and precision: all equal
+    assert len({(a[1], a[2], a[3], a[4], a[5]) for a in evals}) == 1
 
 
 def test_deleted_eval_file_reruns_only_its_scoring(done):
@@ -264,7 +266,7 @@ def test_two_processes_with_zero2_through_the_rules(done, tmp_path):
     (wd / "quick.yaml").write_text(QUICK)
     (wd / "two.yaml").write_text(TWO_PROC)
     targets = ["results/tiny/models/sft/metrics.json", "results/tiny/models/rm/metrics.json",
-               "results/tiny/models/align/exo-pref_nc2/train_metrics.json"]
+               "results/tiny/models/align/exo-pref_nc2/metrics.json"]
     proc = snakemake(wd, *targets, *CFG, "two.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     for t in targets:
@@ -274,8 +276,7 @@ def test_two_processes_with_zero2_through_the_rules(done, tmp_path):
         assert (one["run"]["world_size"], one["run"]["deepspeed_zero_stage"]) == (1, None), t
         assert two["run"]["gradient_accumulation_steps"] * 2 * (8 if "align" in t else 16) == \
             one["run"]["gradient_accumulation_steps"] * (16 if "align" in t else 32)
-        key = "loss_curve" if "align" in t else "train_loss_curve"
-        c2, c1 = ([(e["step"], e["loss"]) for e in m[key]] for m in (two, one))
+        c2, c1 = ([(e["step"], e["loss"]) for e in m["loss_curve"]] for m in (two, one))
         assert [s for s, _ in c2] == [s for s, _ in c1] != []
         batch = 16 if "align" in t else 32
         per_epoch = -(-one["num_train"] // batch)

@@ -1,6 +1,5 @@
 """Evaluation: win rate, KL, reward aggregation by hand; tiny checkpoints end to end."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -8,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from exoflow.evaluate import (
-    EvalParams,
     eval_checkpoint,
     eval_dataset,
     kl_estimate,
@@ -19,13 +17,16 @@ from exoflow.evaluate import (
 )
 from exoflow.io import read_json, read_records, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, load_tokenizer, train_tokenizer
-from exoflow.sampling import SampleParams, sample_file
+from exoflow.params import EvalParams, GenerationParams, LayoutParams
+from exoflow.sampling import sample_file
 from exoflow.synthetic import gold_reward, oracle_response, sample_prompt
+from tests.helpers import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=256)
 SAMPLE = dict(num_return=2, temperature=0.8, top_k=0, max_new_tokens=8, max_len=96, batch_size=4)
-PARAMS = EvalParams(max_len=96, score_batch_size=4, rm_max_len=128, rm_max_gen_len=16)
+SCORING = EvalParams(max_len=96, score_batch_size=4)
+RM_LAYOUT = LayoutParams(max_len=128, max_gen_len=16)
 
 
 # ---- by hand ---------------------------------------------------------------------------
@@ -87,7 +88,8 @@ def test_summarize_checkpoint_by_hand():
 
 
 def test_eval_params_refuse_unknown_keys():
-    with pytest.raises(ValueError, match="unknown eval parameter.*score_batchsize"):
+    with pytest.raises(ValueError, match="eval.score_batchsize: unknown key .did you mean "
+                                         "'score_batch_size'"):
         EvalParams.from_dict({"score_batchsize": 3})
     p = EvalParams.from_dict({"num_prompts": 4, "num_return": 2, "temperature": 0.8, "top_k": 0,
                               "checkpoints": 3, "batch_size": 8, "max_len": 100,
@@ -117,7 +119,7 @@ def world(tmp_path_factory):
     rm = load_reward_model(str(d / "rm_body"), pad_token_id=tok.pad_token_id)
     rm.save_pretrained(d / "rm")  # the random head is fixed from here on
     tok.save_pretrained(d / "rm")
-    params = SampleParams.from_dict(SAMPLE)
+    params = GenerationParams.from_dict(SAMPLE)
     for name in ("sft", "copy", "other"):
         sample_file(d / name, d / "pref.jsonl", d / f"{name}.jsonl", params, seed=42, num_prompts=4)
     return d
@@ -127,7 +129,7 @@ def _eval(d, name, policy, tmp_path, gold=True, samples=None):
     return eval_checkpoint(d / (samples or f"{name}.jsonl"), d / "sft.jsonl", d / "rm", d / "sft",
                            d / policy, tmp_path / name / "reward.json",
                            tmp_path / name / "rewards.jsonl", run="run", ckpt=1, step=20,
-                           params=PARAMS, gold=gold, device="cpu")
+                           scoring=SCORING, rm_layout=RM_LAYOUT, gold=gold, device="cpu")
 
 
 def test_checkpoint_equal_to_sft_has_zero_kl_and_half_win_rate(world, tmp_path):
@@ -172,13 +174,14 @@ def test_mismatched_prompts_are_refused(world, tmp_path):
     with pytest.raises(ValueError, match="same prompts"):
         eval_checkpoint(tmp_path / "short.jsonl", world / "sft.jsonl", world / "rm", world / "sft",
                         world / "other", tmp_path / "r.json", tmp_path / "r.jsonl", run="x",
-                        ckpt=1, step=1, params=PARAMS, gold=False, device="cpu")
+                        ckpt=1, step=1, scoring=SCORING, rm_layout=RM_LAYOUT, gold=False,
+                        device="cpu")
 
 
 def test_eval_dataset(world, tmp_path):
     s = eval_dataset(world / "pref.jsonl", world / "rm", tmp_path / "reward.json",
-                     tmp_path / "rewards.jsonl", num_prompts=4, params=PARAMS, gold=True,
-                     device="cpu")
+                     tmp_path / "rewards.jsonl", num_prompts=4, score_batch_size=4,
+                     rm_layout=RM_LAYOUT, gold=True, device="cpu")
     assert s["num_prompts"] == 4
     assert s["chosen"]["reward"]["count"] == 4 and s["rejected"]["reward"]["count"] == 4
     assert 0.0 <= s["accuracy"] <= 1.0
@@ -191,36 +194,32 @@ def test_eval_dataset(world, tmp_path):
 
 # ---- CLI -------------------------------------------------------------------------------
 
-def _cli(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow_scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_eval_clis(world, tmp_path, capsys):
-    section = json.dumps(dict(SAMPLE, num_prompts=4, checkpoints=3, score_batch_size=4))
-    sizes = ["--params", section, "--rm-max-len", "128", "--rm-max-gen-len", "16",
-             "--num-threads", "1"]
-    _cli("eval_checkpoint").main([
+    scoring = json.dumps(dict(SAMPLE, num_prompts=4, checkpoints=3, score_batch_size=4))
+    layout = json.dumps(RM_LAYOUT.to_dict())
+    script_module("eval_checkpoint").main([
         "--samples", str(world / "other.jsonl"), "--sft-samples", str(world / "sft.jsonl"),
         "--rm", str(world / "rm"), "--sft", str(world / "sft"), "--policy", str(world / "other"),
-        "--output", str(tmp_path / "c" / "reward.json"), "--rewards", str(tmp_path / "c" / "r.jsonl"),
-        "--run", "exo", "--ckpt", "3", "--step", "60", "--gold", *sizes])
+        "--summary", str(tmp_path / "c" / "reward.json"),
+        "--rewards", str(tmp_path / "c" / "r.jsonl"), "--run", "exo", "--ckpt", "3",
+        "--step", "60", "--gold", "true", "--scoring", scoring, "--rm-layout", layout,
+        "--threads", "1"])
     s = read_json(tmp_path / "c" / "reward.json")
     assert (s["run"], s["ckpt"], s["step"]) == ("exo", 3, 60) and "gold" in s
     assert s["kl_exact"] > 0  # another model than SFT: a positive exact KL
-    _cli("eval_dataset").main([
-        "--rm", str(world / "rm"), "--input", str(world / "pref.jsonl"), "--num-prompts", "3",
-        "--output", str(tmp_path / "d" / "reward.json"), "--rewards", str(tmp_path / "d" / "r.jsonl"),
-        *sizes])
+    script_module("eval_dataset").main([
+        "--rm", str(world / "rm"), "--pairs", str(world / "pref.jsonl"), "--num-prompts", "3",
+        "--summary", str(tmp_path / "d" / "reward.json"),
+        "--rewards", str(tmp_path / "d" / "r.jsonl"), "--score-batch-size", "4",
+        "--rm-layout", layout, "--gold", "false", "--threads", "1"])
     s = read_json(tmp_path / "d" / "reward.json")
     assert s["num_prompts"] == 3 and "gold" not in s["chosen"]
     from exoflow.cli import run
 
     with pytest.raises(SystemExit):
-        run(_cli("eval_dataset").main, [
-            "--rm", str(world / "rm"), "--input", str(world / "pref.jsonl"),
-            "--output", str(tmp_path / "x.json"), "--rewards", str(tmp_path / "x.jsonl"),
-            "--params", '{"max_lenn": 3}', "--rm-max-len", "128", "--rm-max-gen-len", "16"])
-    assert "error: unknown eval parameter(s) ['max_lenn']" in capsys.readouterr().err
+        run(script_module("eval_dataset").main, [
+            "--rm", str(world / "rm"), "--pairs", str(world / "pref.jsonl"),
+            "--summary", str(tmp_path / "x.json"), "--rewards", str(tmp_path / "x.jsonl"),
+            "--score-batch-size", "4", "--rm-layout", '{"max_lenn": 3}', "--gold", "false"])
+    assert "error: --rm-layout.max_lenn: unknown key (did you mean 'max_len'?)" in \
+        capsys.readouterr().err

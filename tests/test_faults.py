@@ -19,51 +19,50 @@ import pytest
 import yaml
 
 from exoflow.io import read_json, read_records, write_json, write_records
-from tests.test_align import align_params, make_tiny
-from tests.test_engine import make_base, make_data, tiny_stage
-from tests.workflow_utils import copy_workflow, snakemake
+from exoflow.params import AlignParams
+from tests.helpers import (
+    SCRIPTS,
+    align_params,
+    copy_workflow,
+    make_align_data,
+    make_base,
+    make_data,
+    one_line_error,
+    snakemake,
+    tiny_runtime,
+    tiny_stage,
+)
+from tests.helpers import script as cli
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "workflow_scripts"
-ENGINE = json.dumps({"deepspeed": None, "gpus": 0, "num_threads": 1, "logging_steps": 1,
-                     "checkpoint_every": 2, "dtype": "fp32", "seed": 0})
+RUNTIME = tiny_runtime()
+GENERATION = {"num_return": 1, "max_new_tokens": 4}
+LAYOUT = {"max_len": 64, "max_gen_len": 24}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("faults"))
-
-
-def cli(script, *args, env=None, umask=None, check=None):
-    """Run workflow_scripts/<script>.py; returns the CompletedProcess."""
-    e = {k: v for k, v in os.environ.items() if k != "EXOFLOW_DEBUG"} | (env or {})
-    proc = subprocess.run([sys.executable, str(SCRIPTS / f"{script}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=e, timeout=600,
-                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
-    if check is not None:
-        assert (proc.returncode == 0) == check, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
-def one_line_error(proc, *needles):
-    """The process failed with exactly one 'error: ...' line on stderr holding every needle."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for n in needles:
-        assert str(n) in errors[0], (n, errors[0])
-    return errors[0]
+    return make_align_data(tmp_path_factory.mktemp("faults"))
 
 
 def align_cli(tiny, name, train, ref=None, **params):
     d = tiny.root / name
-    p = align_params(**params).to_dict()
-    args = ["--policy", tiny.sft, "--train", train, "--out", d / "out", "--work-dir", d / "work",
-            "--log-dir", d / "logs", "--params", json.dumps(p), "--engine", ENGINE]
+    args = ["--policy", tiny.sft, "--train", train, "--metrics", d / "out" / "metrics.json",
+            "--work-dir", d / "work", "--log-dir", d / "logs", "--align", align_params(**params),
+            "--runtime", RUNTIME, "--ref-code", None]
     if ref is not None:
         args += ["--ref-logps", ref]
     return cli("train_align", *args), d
+
+
+def ref_cli(tiny, data, out, *extra):
+    return cli("precompute_ref", "--reference", tiny.sft, "--data", data, "--cache", out,
+               "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--batch-size", 8,
+               "--runtime", RUNTIME, *extra)
+
+
+def sample_cli(model, prompts, out):
+    return cli("sample", "--model", model, "--prompts", prompts, "--samples", out,
+               "--generation", GENERATION, "--seed", 0)
 
 
 # --- non-finite values -------------------------------------------------------------------------
@@ -79,9 +78,7 @@ def test_nan_reward_is_refused_naming_file_and_line(tiny):
     proc, d = align_cli(tiny, "nan", path)
     one_line_error(proc, f"{path}:7", "NaN is not a finite number")
     assert not (d / "out").exists()
-    one_line_error(cli("precompute_ref", "--reference", tiny.sft, "--data", path,
-                       "--output", tiny.root / "nan_ref.jsonl", "--temp", 0.8, "--max-len", 64,
-                       "--max-gen-len", 24), f"{path}:7")
+    one_line_error(ref_cli(tiny, path, tiny.root / "nan_ref.jsonl"), f"{path}:7")
 
 
 def test_diverging_step_stops_the_run_and_writes_no_checkpoint(tiny):
@@ -111,8 +108,7 @@ def test_non_finite_weights_are_never_sampled(tiny):
     sd[name] = torch.full_like(sd[name], float("nan"))
     save_file(sd, bad / "model.safetensors", metadata={"format": "pt"})
     out = tiny.root / "samples_nan.jsonl"
-    proc = cli("sample", "--model", bad, "--input", tiny.k4, "--output", out,
-               "--params", '{"num_return": 1, "max_new_tokens": 4}', "--seed", 0)
+    proc = sample_cli(bad, tiny.k4, out)
     one_line_error(proc, str(bad), "holds NaN or infinite values")
     assert not out.exists()
 
@@ -125,9 +121,7 @@ def test_invalid_json_line_names_file_and_line(tiny):
     lines = tiny.k4.read_text().splitlines()
     lines[2] = lines[2][:-5]
     path.write_text("\n".join(lines) + "\n")
-    proc = cli("precompute_ref", "--reference", tiny.sft, "--data", path,
-               "--output", tiny.root / "x.jsonl", "--temp", 0.8, "--max-len", 64,
-               "--max-gen-len", 24)
+    proc = ref_cli(tiny, path, tiny.root / "x.jsonl")
     one_line_error(proc, f"{path}:3: not valid JSON", "delete it")
 
 
@@ -160,13 +154,13 @@ def test_truncated_safetensors_is_named(tiny):
     make_base(cut)
     st = cut / "model.safetensors"
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
-    proc = cli("sample", "--model", cut, "--input", tiny.k4, "--output", tiny.root / "s.jsonl",
-               "--params", '{"num_return": 1, "max_new_tokens": 4}', "--seed", 0)
-    one_line_error(proc, f"{st}: tensor", "is cut off", "truncated", "delete the folder")
+    proc = sample_cli(cut, tiny.k4, tiny.root / "s.jsonl")
+    one_line_error(proc, f"{st}: not a complete safetensors file", "truncated",
+                   "delete the folder")
     st.write_bytes(b"\x05\x00")
-    proc = cli("label_rewards", "--rm", cut, "--input", tiny.k4, "--output", tiny.root / "r.jsonl",
-               "--batch-size", 4, "--max-len", 64, "--max-gen-len", 24)
-    one_line_error(proc, f"{st}: truncated safetensors file")
+    proc = cli("label_rewards", "--rm", cut, "--samples", tiny.k4, "--labels",
+               tiny.root / "r.jsonl", "--batch-size", 4, "--rm-layout", LAYOUT)
+    one_line_error(proc, f"{st}: not a complete safetensors file", "header too small")
 
 
 def test_corrupt_metrics_file_names_file_and_line(tmp_path):
@@ -174,17 +168,18 @@ def test_corrupt_metrics_file_names_file_and_line(tmp_path):
     write_json(ok, {"read": 3})
     bad = tmp_path / "test.json"
     bad.write_text('{\n  "read": 3,\n  "kept": \n}\n')
-    proc = cli("data_stats", "--inputs", ok, bad, "--output", tmp_path / "stats.json")
+    proc = cli("data_stats", "--splits", ok, bad, "--stats", tmp_path / "stats.json")
     one_line_error(proc, f"{bad}:4: not valid JSON")
 
 
 def test_debug_shows_the_traceback(tiny):
     path = tiny.root / "bad_line_debug.jsonl"
     path.write_text("{\n")
-    args = ["--reference", tiny.sft, "--data", path, "--output", tiny.root / "y.jsonl",
-            "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24]
-    for proc in (cli("precompute_ref", *args, "--debug"),
-                 cli("precompute_ref", *args, env={"EXOFLOW_DEBUG": "1"})):
+    out = tiny.root / "y.jsonl"
+    for proc in (ref_cli(tiny, path, out, "--debug"),
+                 cli("precompute_ref", "--reference", tiny.sft, "--data", path, "--cache", out,
+                     "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--batch-size", 8,
+                     "--runtime", RUNTIME, env={"EXOFLOW_DEBUG": "1"})):
         assert proc.returncode != 0 and "Traceback" in proc.stderr and "RecordError" in proc.stderr
 
 
@@ -198,14 +193,15 @@ def test_stale_checkpoints_do_not_survive(tiny):
     (d / "out" / "notes.txt").write_text("old")
     proc, d = align_cli(tiny, "stale", tiny.k4, ref=tiny.cache, max_steps=2, save_every=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (d / "out").iterdir()) == ["ckpt1", "ckpt2", "train_metrics.json"]
+    assert sorted(p.name for p in (d / "out").iterdir()) == ["ckpt1", "ckpt2", "metrics.json"]
 
 
 def test_max_steps_not_a_multiple_of_save_every_is_refused(tiny):
-    proc = cli("train_align", "--policy", tiny.sft, "--train", tiny.k4, "--out", tiny.root / "o",
-               "--work-dir", tiny.root / "w", "--log-dir", tiny.root / "l",
-               "--params", json.dumps(dict(align_params().to_dict(), max_steps=5, save_every=4)),
-               "--engine", ENGINE)
+    proc = cli("train_align", "--policy", tiny.sft, "--train", tiny.k4,
+               "--metrics", tiny.root / "o" / "metrics.json", "--work-dir", tiny.root / "w",
+               "--log-dir", tiny.root / "l", "--ref-code", None,
+               "--align", dict(align_params().to_dict(), max_steps=5, save_every=4),
+               "--runtime", RUNTIME)
     one_line_error(proc, "max_steps 5 is not a multiple of save_every 4")
 
 
@@ -218,15 +214,15 @@ def test_kill_9_during_sft_then_rerun_reports_every_step(tmp_path):
     the resume)."""
     train, test = make_data(tmp_path / "data")
     base = make_base(tmp_path / "base")
-    engine = json.loads(ENGINE) | {"logging_steps": 3, "checkpoint_every": 4}
+    runtime = tiny_runtime(logging_steps=3, checkpoint_every=4).to_json()
     params = json.dumps(tiny_stage(epochs=4))  # 32 steps
 
     def cmd(name):
         d = tmp_path / name
-        return [sys.executable, str(SCRIPTS / "train_stage.py"), "--stage", "sft", "--base", str(base), "--train",
-                str(train), "--test", str(test), "--out", str(d / "out"), "--work-dir",
-                str(d / "work"), "--log-dir", str(d / "logs"), "--params", params,
-                "--engine", json.dumps(engine)], d
+        return [sys.executable, str(SCRIPTS / "train_stage.py"), "--stage", "sft", "--base",
+                str(base), "--train", str(train), "--test", str(test), "--model", str(d / "out"),
+                "--metrics", str(d / "out" / "metrics.json"), "--work-dir", str(d / "work"),
+                "--log-dir", str(d / "logs"), "--params", params, "--runtime", runtime], d
 
     c, ref_dir = cmd("uninterrupted")
     subprocess.run(c, check=True, capture_output=True, timeout=600)
@@ -242,12 +238,12 @@ def test_kill_9_during_sft_then_rerun_reports_every_step(tmp_path):
     subprocess.run(c, check=True, capture_output=True, timeout=600)
     ref, res = read_json(ref_dir / "out" / "metrics.json"), read_json(d / "out" / "metrics.json")
     assert res["resumed_from"] is not None and res["global_step"] == ref["global_step"] == 32
-    assert [e["step"] for e in res["train_loss_curve"]] == list(range(1, 33))
-    for a, b in zip(res["train_loss_curve"], ref["train_loss_curve"]):
+    assert [e["step"] for e in res["loss_curve"]] == list(range(1, 33))
+    for a, b in zip(res["loss_curve"], ref["loss_curve"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert res["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
     assert res["train_loss"] == pytest.approx(
-        sum(e["loss"] for e in res["train_loss_curve"]) / 32, abs=1e-6)
+        sum(e["loss"] for e in res["loss_curve"]) / 32, abs=1e-6)
 
 
 # --- shareable outputs -------------------------------------------------------------------------
@@ -258,7 +254,7 @@ def test_outputs_get_the_umask_permissions(tiny, tmp_path, umask):
     pairs = tmp_path / "pairs.jsonl"
     write_records(pairs, [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     out = tmp_path / "p2r.jsonl"
-    cli("pref_to_rewards", "--input", pairs, "--output", out, umask=umask, check=True)
+    cli("pref_to_rewards", "--pairs", pairs, "--records", out, umask=umask, check=True)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
     old = os.umask(umask)
@@ -305,7 +301,7 @@ def test_dry_run_refuses_a_checkpoint_grid_that_drops_steps(wf):
     proc = snakemake(wf, "eval_all", "-n", *cfg)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    assert "align.defaults.max_steps = 5 is not a multiple of align.defaults.save_every = 4" in out
+    assert "align.runs.exo-rw_nc2: max_steps 5 is not a multiple of save_every 4" in out
 
 
 def test_rules_quote_every_path(tmp_path):
@@ -339,19 +335,21 @@ def test_run_params_reaching_the_scripts_are_the_configs_own(wf):
     """The JSON a training rule passes is align.defaults updated with the run's entry, nothing
     else: Snakemake's validation must not fill the schema's defaults into the run entries,
     where they would override align.defaults (max_len 512 instead of the tiny preset's 256)."""
-    proc = snakemake(wf, "results/tiny/models/align/exo-rw_nc2/train_metrics.json", "-n", "-p",
+    proc = snakemake(wf, "results/tiny/models/align/exo-rw_nc2/metrics.json", "-n", "-p",
                      "--forceall", "--configfile", "configs/tiny.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    m = re.search(r"train_align\.py .*?--params '(\{[^']*\})'", out)
+    m = re.search(r"train_align\.py .*?--align '(\{[^']*\})'", out)
     assert m, out[-3000:]
     tiny = yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["align"]
-    assert json.loads(m.group(1)) == {**yaml.safe_load((wf / "config.yaml").read_text())[
-        "align"]["defaults"], **tiny["defaults"], **tiny["runs"]["exo-rw_nc2"]}
+    given = {**yaml.safe_load((wf / "config.yaml").read_text())["align"]["defaults"],
+             **tiny["defaults"], **tiny["runs"]["exo-rw_nc2"]}
+    assert json.loads(m.group(1)) == AlignParams.from_dict(given).to_dict()
+    assert {k: json.loads(m.group(1))[k] for k in given} == given
     m = re.search(r"train_stage\.py --stage sft .*?--params '(\{[^']*\})'", out)
-    assert json.loads(m.group(1)) == {
-        **yaml.safe_load((wf / "config.yaml").read_text())["sft"],
-        **yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["sft"]}
+    given = {**yaml.safe_load((wf / "config.yaml").read_text())["sft"],
+             **yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["sft"]}
+    assert {k: json.loads(m.group(1))[k] for k in given} == given
 
 
 def test_infinities_and_overflowing_numbers_are_refused(tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_engine import ROOT
+from tests.helpers import ROOT
 
 
 def test_gpu_check_stops_at_once_without_a_gpu():

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exoflow import gpus
-from tests.workflow_utils import ROOT
+from tests.helpers import ROOT
 
 # A wrapped command: records its CUDA_VISIBLE_DEVICES and when it ran, holding it for a while.
 RECORD = textwrap.dedent("""

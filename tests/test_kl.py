@@ -109,7 +109,7 @@ def test_text_pair_stats_equal_the_separate_passes(tmp_path):
     of model_response_kl, in the shape of the completions."""
     from exoflow.logps import text_logps, text_pair_stats
     from exoflow.modeling import build_scratch_model, load_causal_lm, load_tokenizer
-    from tests.test_engine import make_base
+    from tests.helpers import make_base
 
     base = make_base(tmp_path / "a")
     tok = load_tokenizer(base)

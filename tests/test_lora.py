@@ -6,22 +6,33 @@ import copy
 import pytest
 import torch
 
-from exoflow.engine import ParamsError
+from exoflow.errors import ParamsError
 from exoflow.io import read_json
-from exoflow.lora import LoraParams, apply_lora, merged_state_dict
+from exoflow.lora import apply_lora, merged_state_dict
 from exoflow.modeling import load_causal_lm, load_reward_model, load_tokenizer
+from exoflow.params import LoraParams, RMParams, SFTParams
 from exoflow.plan import Plan
-from exoflow.rm import RMParams, train_rm
-from exoflow.sft import SFTParams, train_sft
-from tests.test_align import METRICS, Killed, _callbacks, align_params, make_tiny, run_align
-from tests.test_engine import tiny_engine, tiny_stage
+from exoflow.rm import train_rm
+from exoflow.sft import train_sft
+from tests.helpers import (
+    ALIGN_METRICS,
+    ROOT,
+    Killed,
+    align_params,
+    make_align_data,
+    make_data,
+    run_align,
+    step_callbacks,
+    tiny_runtime,
+    tiny_stage,
+)
 
 LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("lora"))
+    return make_align_data(tmp_path_factory.mktemp("lora"))
 
 
 def perturbed(model, seed=0):
@@ -80,10 +91,8 @@ def test_lora_params_are_checked(tiny):
 def test_sft_and_rm_with_lora(tiny, tmp_path):
     """Only the adapters (and the RM's new head) train; the saved models are plain folders whose
     untargeted weights (the embeddings) are the base's, whose targeted ones moved."""
-    from tests.test_engine import make_data
-
     train, test = make_data(tmp_path / "data")
-    eng = tiny_engine(lora=LORA, checkpoint_every=100)
+    eng = tiny_runtime(lora=LORA, checkpoint_every=100)
     sft = train_sft(str(tiny.sft), train, test, tmp_path / "sft", tmp_path / "w1", tmp_path / "l1",
                     SFTParams.from_dict(tiny_stage(epochs=1)), eng)
     rm = train_rm(str(tiny.sft), train, test, tmp_path / "rm", tmp_path / "w2", tmp_path / "l2",
@@ -102,7 +111,7 @@ def test_sft_and_rm_with_lora(tiny, tmp_path):
     assert torch.equal(sd["gpt_neox.embed_in.weight"], b["gpt_neox.embed_in.weight"])
     assert not torch.equal(sd["gpt_neox.layers.0.attention.query_key_value.weight"],
                            b["gpt_neox.layers.0.attention.query_key_value.weight"])
-    assert sft["train_loss_curve"][-1]["loss"] < sft["train_loss_curve"][0]["loss"]
+    assert sft["loss_curve"][-1]["loss"] < sft["loss_curve"][0]["loss"]
 
 
 def test_lora_alignment_reference_is_the_policy_with_adapters_disabled(tiny):
@@ -115,7 +124,7 @@ def test_lora_alignment_reference_is_the_policy_with_adapters_disabled(tiny):
     assert off["ref_logps"] == "adapters disabled" and cached["ref_logps"] == "cache"
     assert off["run"]["lora"] and off["run"]["trainable_params"] < off["run"]["total_params"] / 10
     for a, b in zip(off["loss_curve"], cached["loss_curve"]):
-        for key in ["loss", *METRICS]:
+        for key in ["loss", *ALIGN_METRICS]:
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a["step"], key)
     assert off["loss_curve"][0]["logratio/mean"] == pytest.approx(0, abs=1e-5)  # B starts at 0
     ckpt = load_causal_lm(d / "out" / "ckpt2")
@@ -129,7 +138,7 @@ def test_killed_lora_run_resumes(tiny):
     eng = dict(lora=LORA, checkpoint_every=2)
     ref, _ = run_align(tiny, "lora_ref", align_params(), engine=eng)
     with pytest.raises(Killed):
-        run_align(tiny, "lora_killed", align_params(), engine=eng, callbacks=_callbacks(kill_at=3))
+        run_align(tiny, "lora_killed", align_params(), engine=eng, callbacks=step_callbacks(kill_at=3))
     res, _ = run_align(tiny, "lora_killed", align_params(), engine=eng)
     assert res["resumed_from"] is not None
     for a, b in zip(res["loss_curve"], ref["loss_curve"]):
@@ -139,10 +148,8 @@ def test_killed_lora_run_resumes(tiny):
 def test_model_lora_reaches_every_training_rule():
     import yaml
 
-    from tests.test_engine import ROOT
-
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     plan = Plan(dict(cfg, model=dict(cfg["model"], lora={"rank": 16})))
-    assert plan.engine_params()["lora"] == {"rank": 16}
-    assert plan.run_engine_params("exo-rw_nc2")["lora"] == {"rank": 16}
-    assert "lora" not in Plan(cfg).engine_params()  # off: the rules' params are unchanged
+    assert plan.runtime().lora == LoraParams(rank=16)
+    assert plan.runtime("exo-rw_nc2").lora == LoraParams(rank=16)
+    assert Plan(cfg).runtime().lora is None

@@ -17,7 +17,7 @@ import pytest
 
 from exoflow.io import read_json
 from exoflow.plan import Plan
-from tests.test_engine import ROOT, make_base, make_data, tiny_stage
+from tests.helpers import ROOT, make_base, make_data, tiny_runtime, tiny_stage
 
 SCRIPT = ROOT / "workflow_scripts" / "train_stage.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -38,10 +38,12 @@ def train_cmd(tiny, name, stage="sft", procs=1, **engine):
     root, base, train, test = tiny
     d = root / name
     launch = TORCHRUN[:-1] + [str(procs)] if procs > 1 else [sys.executable]
+    runtime = tiny_runtime(**(ENGINE | engine))
     return [*launch, str(SCRIPT), "--stage", stage, "--base", str(base), "--train", str(train),
-            "--test", str(test), "--out", str(d / "out"), "--work-dir", str(d / "work"),
+            "--test", str(test), "--model", str(d / "out"), "--metrics",
+            str(d / "out" / "metrics.json"), "--work-dir", str(d / "work"),
             "--log-dir", str(d / "logs"), "--params", json.dumps(tiny_stage(epochs=4)),
-            "--engine", json.dumps(ENGINE | engine)], d
+            "--runtime", runtime.to_json()], d
 
 
 def env():
@@ -62,8 +64,8 @@ def one_process(tiny):
 
 
 def assert_same_run(m, ref, test_metric="test_nll"):
-    assert [e["step"] for e in m["train_loss_curve"]] == [e["step"] for e in ref["train_loss_curve"]]
-    for a, b in zip(m["train_loss_curve"], ref["train_loss_curve"]):
+    assert [e["step"] for e in m["loss_curve"]] == [e["step"] for e in ref["loss_curve"]]
+    for a, b in zip(m["loss_curve"], ref["loss_curve"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=TOL), a["step"]
     assert m[test_metric] == pytest.approx(ref[test_metric], abs=TOL)
 

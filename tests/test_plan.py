@@ -30,7 +30,8 @@ TINY = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
 
 
 def test_no_torch_or_snakemake_import():
-    code = ("import sys, exoflow.plan, exoflow.codehash, exoflow.config_check; "
+    code = ("import sys, exoflow.plan, exoflow.params, exoflow.cli, exoflow.codehash, "
+            "exoflow.config_check; "
             "print(sorted(m for m in ('torch', 'snakemake', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -40,7 +41,7 @@ def test_runs_params_and_checkpoints():
     plan = Plan(merged(TINY))
     assert plan.align_runs() == ["exo-rw_nc2", "dpo-rw_nc2", "exo-pref_nc2", "dpo-pref_nc2"]
     p = plan.run_params("exo-pref_nc2")
-    assert (p["loss"], p["data"], p["max_steps"], p["save_every"]) == ("exo-pref", "p2r", 60, 20)
+    assert (p.loss, p.data, p.max_steps, p.save_every) == ("exo-pref", "p2r", 60, 20)
     assert plan.num_checkpoints("exo-rw_nc2") == 3
     assert plan.checkpoint_steps("exo-rw_nc2") == [20, 40, 60]
     assert plan.ckpt_step("exo-rw_nc2", 2) == 40 and plan.ckpt_step("sft", 0) == 0
@@ -81,13 +82,19 @@ def test_reference_cache_name_gives_back_the_float():
 
 
 def test_data_params_per_split():
+    """A split sees the other split's keys at their defaults, so changing them re-runs nothing
+    of it."""
     plan = Plan(merged(TINY, {"data": {"max_train": 10, "max_test": 5}}))
     train, test = plan.data_params("train"), plan.data_params("test")
-    assert train["max_train"] == 10 and "max_test" not in train
-    assert test["max_test"] == 5 and "max_train" not in test
-    assert "num_test" not in train["synthetic"] and "num_train" not in test["synthetic"]
+    assert (train.max_train, train.max_test) == (10, None)
+    assert (test.max_train, test.max_test) == (None, 5)
+    assert (train.synthetic.num_train, train.synthetic.num_test) == (3000, 1000)
+    assert (test.synthetic.num_train, test.synthetic.num_test) == (1000, 300)
+    other = Plan(merged(TINY, {"data": {"max_test": 7, "synthetic": {"num_test": 9}}}))
+    assert other.data_params("train") == Plan(merged(TINY)).data_params("train")
     local = Plan(merged({"data": {"source": "local", "path": "/x"}}))
-    assert "synthetic" not in local.data_params("train")
+    assert local.data_params("train").synthetic == Plan(merged()).data_params(
+        "train").synthetic.__class__()
 
 
 def test_eval_targets():
@@ -99,8 +106,10 @@ def test_eval_targets():
     assert len(targets) == 4 + 4 * 3
     two = Plan(merged(TINY, {"eval": {"checkpoints": 2}}))
     assert two.eval_checkpoints("exo-rw_nc2") == [1, 2]
-    assert "checkpoints" not in two.eval_sample_params()
-    assert "score_batch_size" not in two.eval_sample_params()
+    # what sampling and scoring read of eval: the checkpoints and the split change neither
+    other = Plan(merged(TINY, {"eval": {"checkpoints": 1, "val_prompts": 3, "select_by": "reward"}}))
+    assert two.cfg.eval.generation() == other.cfg.eval.generation()
+    assert two.eval_scoring() == other.eval_scoring()
 
 
 def test_launcher_and_gpu_prefix():
@@ -109,9 +118,11 @@ def test_launcher_and_gpu_prefix():
     assert plan.train_launcher() == \
         "'/a b/python' -m torch.distributed.run --standalone --nproc_per_node 4"
     assert plan.gpu_prefix(1) == "'/a b/python' -m exoflow.gpus run --n 1 -- "
-    assert plan.engine_params()["dtype"] == "bf16" and plan.engine_params()["seed"] == 42
-    assert plan.ref_engine_params() == {"deepspeed": "configs/deepspeed/zero2.json", "gpus": 1,
-                                        "dtype": "bf16"}
+    assert plan.runtime().dtype == "bf16" and plan.runtime().seed == 42
+    ref = plan.ref_runtime()
+    assert (ref.engine.deepspeed, ref.engine.gpus, ref.dtype) == ("configs/deepspeed/zero2.json",
+                                                                  1, "bf16")
+    assert ref.engine == ref.engine.__class__(deepspeed=ref.engine.deepspeed, gpus=1)
 
 
 def test_rule_names_and_reserved_runs():

@@ -4,7 +4,7 @@ What is tested here: bf16 autocast (the Trainer's amp, fp32 master weights) for 
 alignment, bf16 weights for sampling, labelling and the reference cache, all through the rules;
 the summed log-probs and the alignment loss are float32 and equal an fp32 reduction of the same
 bf16 logits. What only a GPU can test: fp16 (its loss scaling is CUDA's; refused on the CPU, see
-tests/test_engine.py) and DeepSpeed's bf16/fp16 engines (scripts/gpu_check.sh runs bf16 ZeRO-2).
+tests/test_trainer.py) and DeepSpeed's bf16/fp16 engines (scripts/gpu_check.sh runs bf16 ZeRO-2).
 """
 
 import json
@@ -12,12 +12,12 @@ import json
 import pytest
 import torch
 
-from exoflow.align import AlignParams, batch_loss, sequence_logps
+from exoflow.align import batch_loss, sequence_logps
 from exoflow.align_data import AlignCollator, encode_align
 from exoflow.modeling import build_scratch_model, load_tokenizer
+from exoflow.params import AlignParams
 from exoflow.refcache import read_ref_cache
-from tests.test_engine import make_base, make_records
-from tests.workflow_utils import copy_workflow, planned_jobs, snakemake
+from tests.helpers import copy_workflow, make_base, make_records, planned_jobs, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def fp32_reference(logits, batch, temp):
 @pytest.mark.parametrize("how", ["bf16 weights", "bf16 autocast"])
 def test_logps_and_loss_are_fp32_whatever_the_model_dtype(batch, how):
     tok, b, model = batch
-    params = AlignParams(loss="exo-rw", data="x", lr=1e-4, batch_size=4, micro_batch_size=4,
+    params = AlignParams(loss="exo-rw", data="rm_labels", lr=1e-4, batch_size=4, micro_batch_size=4,
                          max_steps=1, save_every=1, temp=0.8)
     m = model.to(torch.bfloat16) if how == "bf16 weights" else model.float()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "bf16 autocast"):
@@ -86,7 +86,7 @@ def test_bf16_through_the_rules_on_the_cpu(tmp_path):
     proc = snakemake(wd, "eval_all", "-p", *cfg)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     out = wd / "results" / "tiny"
-    for m in ("sft/metrics.json", "rm/metrics.json", "align/exo-rw_nc2/train_metrics.json"):
+    for m in ("sft/metrics.json", "rm/metrics.json", "align/exo-rw_nc2/metrics.json"):
         run = json.loads((out / "models" / m).read_text())["run"]
         assert run["precision"] == "bf16", m
     ref = next((out / "data" / "ref_logps").glob("*.jsonl"))

@@ -1,6 +1,6 @@
 """model.init as a local Hugging Face checkpoint folder, the way a user brings Pythia.
 
-Two tokenizer variants (tests/workflow_utils.make_pretrained): Pythia's, where ``<|padding|>``
+Two tokenizer variants (tests/helpers.make_pretrained): Pythia's, where ``<|padding|>``
 is in the vocabulary but ``pad_token`` is unset, and pad = EOS. The tokenizer comes from the
 checkpoint (no BPE training), SFT learns to end a turn with EOS and sampling stops there, the
 reward head reads the last response token whatever the padding. The last test runs the
@@ -14,13 +14,19 @@ import pytest
 import torch
 
 from exoflow.batching import Encoded, pad_batch
-from exoflow.engine import EngineParams
 from exoflow.io import read_json, read_records, write_records
 from exoflow.modeling import load_causal_lm, load_reward_model, load_tokenizer
+from exoflow.params import SFTParams
 from exoflow.sampling import sample_completions
-from exoflow.sft import IGNORE, SFTCollator, SFTParams, encode_sft, train_sft
-from tests.test_engine import make_records
-from tests.workflow_utils import copy_workflow, make_pretrained, planned_jobs, snakemake
+from exoflow.sft import IGNORE, SFTCollator, encode_sft, train_sft
+from tests.helpers import (
+    copy_workflow,
+    make_pretrained,
+    make_records,
+    planned_jobs,
+    snakemake,
+    tiny_runtime,
+)
 
 PADS = ["unset", "eos"]
 
@@ -67,7 +73,7 @@ def test_sft_learns_to_end_a_turn_and_sampling_stops(pretrained, tmp_path):
     write_records(test, [dict(r, chosen=answer) for r in make_records(8, offset=32)])
     params = SFTParams.from_dict(dict(lr=1e-2, epochs=6, batch_size=8, micro_batch_size=8,
                                       max_len=64, max_gen_len=24))
-    engine = EngineParams(logging_steps=10, checkpoint_every=1000, num_threads=2, seed=0)
+    engine = tiny_runtime(logging_steps=10, checkpoint_every=1000, num_threads=2)
     train_sft(str(folder), train, test, tmp_path / "sft", tmp_path / "work", tmp_path / "logs",
               params, engine)
     tok = load_tokenizer(tmp_path / "sft", padding_side="left")

@@ -11,12 +11,12 @@ from exoflow.align_data import AlignCollator, encode_align
 from exoflow.io import read_records, write_records
 from exoflow.modeling import load_causal_lm, load_tokenizer
 from exoflow.refcache import CHECKED, RefCacheError, load_ref_cache, read_ref_cache
-from tests.test_align import align_params, k4_records, make_tiny, run_align
+from tests.helpers import align_params, k4_records, make_align_data, run_align, script_module
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("refcache"))
+    return make_align_data(tmp_path_factory.mktemp("refcache"))
 
 
 def _load(tiny, **kw):
@@ -98,27 +98,25 @@ def test_reference_runs_in_the_policys_precision():
     the CPU as on a GPU)."""
     from pathlib import Path
 
-    import exoflow.engine as eng
-    from exoflow.engine import reference_precision
+    from exoflow.params import EngineParams, Runtime
+    from exoflow.runtime import reference_precision
+
+    def rt(dtype, **engine):
+        return Runtime(engine=EngineParams(**engine), dtype=dtype)
 
     zero2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
-    assert reference_precision(eng.EngineParams(gpus=0, dtype="bf16")) == ("fp32", "bf16")
-    assert reference_precision(eng.EngineParams(gpus=1, dtype="fp32")) == ("fp32", None)
-    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16")) == ("fp32", "bf16")
-    assert reference_precision(eng.EngineParams(gpus=1, dtype="bf16", deepspeed=zero2)) == ("bf16", None)
+    assert reference_precision(rt("bf16", gpus=0)) == ("fp32", "bf16")
+    assert reference_precision(rt("fp32", gpus=1)) == ("fp32", None)
+    assert reference_precision(rt("bf16", gpus=1)) == ("fp32", "bf16")
+    assert reference_precision(rt("bf16", gpus=1, deepspeed=zero2)) == ("bf16", None)
 
 
 def test_precompute_cli(tiny, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "workflow_scripts" / "precompute_ref.py"
-    spec = importlib.util.spec_from_file_location("precompute_ref_cli", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = script_module("precompute_ref")
     out = tmp_path / "c.jsonl"
-    cli.main(["--reference", str(tiny.sft), "--data", str(tiny.k4), "--output", str(out),
-              "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--batch-size", "5"])
+    cli.main(["--reference", str(tiny.sft), "--data", str(tiny.k4), "--cache", str(out),
+              "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--batch-size", "5",
+              "--runtime", "{}"])
     torch.testing.assert_close(torch.tensor(read_ref_cache(out)[1]),
                                torch.tensor(read_ref_cache(tiny.cache)[1]), rtol=0, atol=1e-5)
 

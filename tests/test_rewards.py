@@ -1,6 +1,5 @@
 """Reward scoring: batch invariance, order, label/eval files, summaries, CLI."""
 
-import importlib.util
 import math
 import random
 from pathlib import Path
@@ -10,18 +9,15 @@ import torch
 
 from exoflow.io import read_records, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, train_tokenizer
-from exoflow.rewards import label_file, load_scorer, score_texts, summarize_rewards
+from exoflow.params import LayoutParams
+from exoflow.rewards import label_file, load_scorer, score_texts
+from exoflow.stats import summarize
+from tests.helpers import script_module
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = "the cat dog sat on mat why how what is are you I can help with that sure no yes".split()
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+LAYOUT = LayoutParams(max_len=16, max_gen_len=8)
 
 
 def words(rng, n):
@@ -97,7 +93,7 @@ def test_label_file_adds_one_reward_per_completion(rm_dir, scorer, pairs, tmp_pa
             for k, (p, r) in enumerate(pairs)]
     write_records(tmp_path / "s.jsonl", recs)
     assert label_file(rm_dir, tmp_path / "s.jsonl", tmp_path / "l.jsonl", batch_size=3,
-                      max_len=128, max_gen_len=64) == len(recs)
+                      layout=LayoutParams(max_len=128, max_gen_len=64)) == len(recs)
     out = read_records(tmp_path / "l.jsonl")
     for rec, o in zip(recs, out):
         assert {k: o[k] for k in rec} == rec
@@ -111,36 +107,29 @@ def test_mixed_or_unknown_records_are_refused(rm_dir, tmp_path):
     write_records(tmp_path / "m.jsonl", [{"prompt": "a", "completions": ["b"]},
                                          {"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(ValueError, match="mixes"):
-        label_file(rm_dir, tmp_path / "m.jsonl", tmp_path / "o", 2, 16, 8)
+        label_file(rm_dir, tmp_path / "m.jsonl", tmp_path / "o", 2, LAYOUT)
     write_records(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(ValueError, match="label mode needs sample records"):
-        label_file(rm_dir, tmp_path / "p.jsonl", tmp_path / "o", 2, 16, 8)
+        label_file(rm_dir, tmp_path / "p.jsonl", tmp_path / "o", 2, LAYOUT)
 
 
-def test_summarize_rewards_by_hand():
-    s = summarize_rewards([1, 2, 3, 4])
+def test_summarize_by_hand():
+    s = summarize([1, 2, 3, 4])
     std = math.sqrt(((1.5 ** 2) * 2 + (0.5 ** 2) * 2) / 3)  # ddof=1: 1.290994...
     assert s["mean"] == 2.5 and s["count"] == 4
     assert s["std"] == pytest.approx(1.2909944, abs=1e-6) == std
     assert s["ci95_low"] == pytest.approx(2.5 - 1.96 * std / 2)   # 1.234825
     assert s["ci95_high"] == pytest.approx(2.5 + 1.96 * std / 2)  # 3.765175
-    assert summarize_rewards([0.7]) == {"mean": 0.7, "std": 0.0, "count": 1,
+    assert summarize([0.7]) == {"mean": 0.7, "std": 0.0, "count": 1,
                                         "ci95_low": 0.7, "ci95_high": 0.7}
     with pytest.raises(ValueError):
-        summarize_rewards([])
-
-
-def _cli(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow_scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+        summarize([])
 
 
 def test_label_rewards_cli(rm_dir, pairs, tmp_path):
-    cli = _cli("label_rewards")
+    cli = script_module("label_rewards")
     write_records(tmp_path / "s.jsonl", [{"prompt": p, "completions": [r]} for p, r in pairs])
-    common = ["--rm", str(rm_dir), "--input", str(tmp_path / "s.jsonl"), "--batch-size", "4",
-              "--max-len", "128", "--max-gen-len", "64"]
-    cli.main(common + ["--output", str(tmp_path / "l.jsonl")])
+    common = ["--rm", str(rm_dir), "--samples", str(tmp_path / "s.jsonl"), "--batch-size", "4",
+              "--rm-layout", '{"max_len": 128, "max_gen_len": 64}']
+    cli.main(common + ["--labels", str(tmp_path / "l.jsonl")])
     assert [len(r["rewards"]) for r in read_records(tmp_path / "l.jsonl")] == [1] * len(pairs)

@@ -7,19 +7,18 @@ import pytest
 import torch
 
 from exoflow.batching import Encoded, pad_batch
-from exoflow.engine import PARAMS_FILE
 from exoflow.io import read_json, read_records
+from exoflow.params import RMParams
 from exoflow.rm import (
+    RewardTrainer,
     RMCollator,
-    RMParams,
-    _trainer_class,
     bt_loss,
     encode_rm,
     rewards,
     shorter_wins_accuracy,
-    train_rm,
 )
-from tests.test_engine import tiny, tiny_engine, tiny_stage  # noqa: F401 (tiny is a fixture)
+from exoflow.workdir import PARAMS_FILE
+from tests.helpers import tiny_stage, train_stage
 
 
 def test_bt_loss_by_hand():
@@ -47,7 +46,7 @@ def test_shorter_wins_by_hand():
 
 
 @pytest.fixture(scope="module")
-def rm_model(tiny):  # noqa: F811
+def rm_model(tiny):
     from exoflow.modeling import load_reward_model, load_tokenizer
 
     torch.manual_seed(0)
@@ -86,22 +85,19 @@ def test_compute_loss_pairs_chosen_with_their_rejected(rm_model):
     with torch.no_grad():
         r = {k: torch.cat([rewards(model, pad_batch([Encoded(f[k], 0)], tok.pad_token_id))
                            for f in feats]) for k in ("chosen", "rejected")}
-        loss = _trainer_class().compute_loss(SimpleNamespace(_sums=[0.0, 0.0, 0]), model,
+        loss = RewardTrainer.compute_loss(SimpleNamespace(_sums=[0.0, 0.0, 0]), model,
                                              RMCollator(tok.pad_token_id)(feats))
     assert float(loss) == pytest.approx(float(bt_loss(r["chosen"], r["rejected"]).mean()), abs=1e-6)
 
 
 @pytest.fixture(scope="module")
-def rm_run(tiny, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("rm")
-    metrics = train_rm(tiny.base, tiny.train, tiny.test, d / "out", d / "work", d / "logs",
-                       RMParams.from_dict(tiny_stage()), tiny_engine(checkpoint_every=4))
-    return SimpleNamespace(metrics=metrics, dir=d, test=tiny.test)
+def rm_run(tiny, tmp_path_factory):
+    return train_stage("rm", tiny, tmp_path_factory.mktemp("rm"), checkpoint_every=4)
 
 
 def test_train_rm_end_to_end(rm_run):
     metrics, d = rm_run.metrics, rm_run.dir
-    curve = metrics["train_loss_curve"]
+    curve = metrics["loss_curve"]
     assert [e["step"] for e in curve] == list(range(1, 17))
     assert curve[-1]["loss"] < 0.2 < curve[0]["loss"]  # from ~log 2 to well below
     assert metrics["test_accuracy"] >= 0.9 and metrics["test_mean_margin"] > 0

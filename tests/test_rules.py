@@ -1,5 +1,6 @@
-"""The rule files (issue 11): every rule name Snakemake prints for a shipped config can be
-found by a plain search of the rule files, and rules/common.smk holds no planning logic."""
+"""The rule files: every rule name Snakemake prints for a shipped config can be found by a plain
+search of the rule files, rules/common.smk holds no planning logic, and every command a rule
+runs is one its script's parser reads (the arguments are generated from it)."""
 
 import re
 import subprocess
@@ -28,9 +29,9 @@ def test_common_smk_holds_no_planning_logic():
     src = (ROOT / "rules" / "common.smk").read_text()
     functions = re.findall(r"^def (\w+)\(", src, re.M)
     # path helpers, the code hash of a script, the interpreter, input/params functions
-    assert set(functions) <= {"relative", "python_command", "res", "log", "bench", "script",
-                              "command", "code_of", "data_params", "base_model_arg",
-                              "base_model_input", "ckpt_model", "ckpt_step", "parent_of"}
+    assert set(functions) <= {"relative", "python_command", "res", "log", "bench", "as_json",
+                              "code_of", "run_script", "base_model_arg", "base_model_input",
+                              "ckpt_model", "ckpt_step"}
     assert len(src.splitlines()) < 130
 
 
@@ -52,3 +53,36 @@ def test_the_deepspeed_config_is_an_input_of_the_jobs_it_configures():
     assert rules_with == {"train_sft", "train_rm", "precompute_ref", "train_align_exo_rw_nc2",
                           "train_align_dpo_rw_nc2", "train_align_exo_pref_nc2",
                           "train_align_dpo_pref_nc2"}
+
+
+SHIPPED = [[], ["configs/tiny.yaml"], ["configs/tiny.yaml", "configs/tiny_hh.yaml"],
+           ["configs/tiny.yaml", "configs/study.yaml"], ["configs/tiny.yaml",
+                                                        "configs/tiny_2proc.yaml"]]
+
+
+@pytest.mark.parametrize("configs", SHIPPED, ids=lambda c: "+".join(Path(x).stem for x in c)
+                         or "config.yaml")
+def test_every_command_parses_with_its_scripts_parser(configs):
+    """A forced dry run's commands, each parsed by the parser of the script it runs: every
+    argument known, every required one given, every parameter section valid (a rule and its
+    script cannot drift apart, and no config reaches a script it would refuse)."""
+    import shlex
+
+    from exoflow.cli import script_parser
+
+    args = [sys.executable, "-m", "snakemake", "all", "study", "-n", "-p", "--forceall"]
+    if configs:
+        args += ["--configfile", *configs]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    seen = set()
+    for line in out.splitlines():
+        m = re.search(r"(workflow_scripts/(\w+)\.py) (.*?) > \S+ 2>&1$", line)
+        if not m:
+            continue
+        words = shlex.split(m.group(3))
+        parser = script_parser(ROOT / m.group(1))
+        ns = parser.parse_args(words)  # SystemExit on an unknown or missing argument
+        assert set(vars(ns)) >= set(parser.sources), m.group(2)
+        seen.add(m.group(2))
+    assert seen >= {"preprocess", "train_stage", "sample", "label_rewards", "precompute_ref",
+                    "train_align", "eval_checkpoint", "eval_dataset", "summarize", "study"}

@@ -1,6 +1,5 @@
 """Sampling: turn cuts, seeds, order, left padding, early stopping, completion log-probs."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -10,15 +9,17 @@ import torch
 
 from exoflow.io import read_records, write_records
 from exoflow.modeling import build_scratch_model, load_tokenizer, train_tokenizer
+from exoflow.params import GenerationParams, SampleParams
 from exoflow.sampling import (
-    SampleParams,
+    TurnStop,
     _turn_end_tokens,
-    _turn_stopper,
     cut_at_turn,
     sample_completions,
     sample_file,
 )
+from tests.helpers import script_module
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = "the cat dog sat on mat why how what is are you I can help with that sure no yes".split()
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=256)
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def dialogue(rng, n_words):
     return "\n\nHuman: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "\n\nAssistant:"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and 2 threads on a shared CPU can be 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +153,8 @@ def test_sample_file_keeps_input_order(lm, tok, tok_dir, prompts, tmp_path):
     tok.save_pretrained(tmp_path / "lm")
     recs = [{"prompt": p, "chosen": " yes", "rejected": " no"} for p in prompts]
     write_records(tmp_path / "pref.jsonl", recs)
-    params = SampleParams.from_dict({"num_return": 2, "temperature": 0.8, "top_k": 0,
-                                     "max_new_tokens": 6, "max_len": 128, "batch_size": 3,
-                                     "score_batch_size": 8})
+    params = GenerationParams.from_dict({"num_return": 2, "temperature": 0.8, "top_k": 0,
+                                         "max_new_tokens": 6, "max_len": 128, "batch_size": 3})
     sample_file(tmp_path / "lm", tmp_path / "pref.jsonl", tmp_path / "s.jsonl", params, seed=3)
     out = read_records(tmp_path / "s.jsonl")
     assert [r["prompt"] for r in out] == prompts
@@ -177,12 +168,15 @@ def test_sample_file_keeps_input_order(lm, tok, tok_dir, prompts, tmp_path):
 
 
 def test_params_refuse_unknown_keys():
-    with pytest.raises(ValueError, match="unknown sampling parameter.*temprature"):
+    with pytest.raises(ValueError, match="sample.temprature: unknown key .did you mean "
+                                         "'temperature'"):
         SampleParams.from_dict({"temprature": 0.8})
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(ValueError, match="sample.temperature must be >= 0, got -1"):
         SampleParams.from_dict({"temperature": -1})
-    p = SampleParams.from_dict({"num_prompts": 128, "checkpoints": 3, "score_batch_size": 64})
-    assert p.num_prompts == 128
+    with pytest.raises(ValueError, match="sample.num_prompts: unknown key"):
+        SampleParams.from_dict({"num_prompts": 128})  # an eval key
+    p = SampleParams.from_dict({"score_batch_size": 64, "num_return": 4})
+    assert p.generation() == GenerationParams(num_return=4)
 
 
 # ---- stopping --------------------------------------------------------------------------
@@ -191,7 +185,7 @@ def test_turn_stopper_fires_when_marker_completes(lm, tok):
     ends = _turn_end_tokens(tok, lm.config.vocab_size)
     prompt = tok("\n\nHuman: hi\n\nAssistant:", add_special_tokens=False)["input_ids"]
     gen = tok(" Sure.\n\nHuman: more", add_special_tokens=False)["input_ids"]
-    stop = _turn_stopper(tok, ends, len(prompt))
+    stop = TurnStop(tok, ends, len(prompt))
     fired = [bool(stop(torch.tensor([prompt + gen[:k]]), None)[0]) for k in range(1, len(gen) + 1)]
     first = fired.index(True)
     assert tok.decode(gen[:first + 1]) == " Sure.\n\nHuman:"  # not earlier: the prompt's own
@@ -256,31 +250,24 @@ def test_text_logps_matches_hand_loop(lm, tok, prompts, temperature):
 
 # ---- CLI -------------------------------------------------------------------------------
 
-def _cli(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow_scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_sample_cli(lm, tok, prompts, tmp_path, capsys):
     lm.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
     write_records(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts])
-    section = {"num_prompts": 4, "num_return": 3, "temperature": 0.8, "top_k": 0,
-               "max_new_tokens": 5, "max_len": 64, "checkpoints": 3, "batch_size": 2,
-               "score_batch_size": 4}
-    cli = _cli("sample")
-    cli.main(["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
-              "--output", str(tmp_path / "out.jsonl"), "--params", json.dumps(section),
-              "--seed", "7", "--num-threads", "1"])
+    section = {"num_return": 3, "temperature": 0.8, "top_k": 0, "max_new_tokens": 5,
+               "max_len": 64, "batch_size": 2}
+    cli = script_module("sample")
+    cli.main(["--model", str(tmp_path / "lm"), "--prompts", str(tmp_path / "in.jsonl"),
+              "--samples", str(tmp_path / "out.jsonl"), "--generation", json.dumps(section),
+              "--num-prompts", "4", "--seed", "7", "--threads", "1"])
     out = read_records(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in out] == prompts[:4]
     assert all(len(r["completions"]) == 3 for r in out)
     from exoflow.cli import run
 
     with pytest.raises(SystemExit):
-        run(cli.main, ["--model", str(tmp_path / "lm"), "--input", str(tmp_path / "in.jsonl"),
-                       "--output", str(tmp_path / "x.jsonl"), "--params", '{"topk": 3}',
+        run(cli.main, ["--model", str(tmp_path / "lm"), "--prompts", str(tmp_path / "in.jsonl"),
+                       "--samples", str(tmp_path / "x.jsonl"), "--generation", '{"topk": 3}',
                        "--seed", "1"])
-    assert "error: unknown sampling parameter(s) ['topk']" in capsys.readouterr().err
+    assert "error: --generation.topk: unknown key (did you mean 'top_k'?)" in \
+        capsys.readouterr().err

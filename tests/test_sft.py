@@ -2,15 +2,15 @@
 
 import math
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from exoflow.engine import PARAMS_FILE
 from exoflow.io import read_json, read_records
-from exoflow.sft import IGNORE, SFTCollator, SFTParams, encode_sft, response_nll, train_sft
-from tests.test_engine import tiny, tiny_engine, tiny_stage  # noqa: F401 (tiny is a fixture)
+from exoflow.params import SFTParams
+from exoflow.sft import IGNORE, SFTCollator, encode_sft, response_nll
+from exoflow.workdir import PARAMS_FILE
+from tests.helpers import tiny_stage, train_stage
 
 # A word-level tokenizer whose ids are known by hand: EOS 0, pad 1, p1..p5 = 2..6, r1..r4 = 7..10.
 VOCAB = ["<|endoftext|>", "<|padding|>", "p1", "p2", "p3", "p4", "p5", "r1", "r2", "r3", "r4"]
@@ -47,7 +47,7 @@ def test_labels_mask_prompt_and_padding_and_keep_response_with_eos():
     assert SFTCollator(tok.pad_token_id)(ex[1:])["input_ids"].shape == (1, 3)
 
 
-def test_trainer_loss_is_the_response_token_mean(tiny):  # noqa: F811
+def test_trainer_loss_is_the_response_token_mean(tiny):
     """The model's loss on the collated labels is our summed response NLL / response tokens."""
     from exoflow.modeling import load_causal_lm, load_tokenizer
 
@@ -62,16 +62,13 @@ def test_trainer_loss_is_the_response_token_mean(tiny):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def sft_run(tiny, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("sft")
-    metrics = train_sft(tiny.base, tiny.train, tiny.test, d / "out", d / "work", d / "logs",
-                        SFTParams.from_dict(tiny_stage()), tiny_engine(checkpoint_every=4))
-    return SimpleNamespace(metrics=metrics, dir=d, test=tiny.test)
+def sft_run(tiny, tmp_path_factory):
+    return train_stage("sft", tiny, tmp_path_factory.mktemp("sft"), checkpoint_every=4)
 
 
 def test_train_sft_end_to_end(sft_run):
     metrics, d = sft_run.metrics, sft_run.dir
-    curve = metrics["train_loss_curve"]
+    curve = metrics["loss_curve"]
     assert [e["step"] for e in curve] == list(range(1, 17))  # 64 records / 8 per step x 2 epochs
     assert curve[-1]["loss"] < curve[0]["loss"] - 1.0
     assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_nll"]))
@@ -80,7 +77,7 @@ def test_train_sft_end_to_end(sft_run):
     assert metrics["resumed_from"] is None and metrics["run"]["precision"] == "fp32"
     assert read_json(d / "out" / "metrics.json") == metrics
     params = read_json(d / "out" / PARAMS_FILE)
-    assert params["sft"]["lr"] == 3e-3 and params["engine"]["checkpoint_every"] == 4
+    assert params["params"]["lr"] == 3e-3 and params["runtime"]["engine"]["checkpoint_every"] == 4
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (d / "out" / name).exists(), name
     assert list((d / "logs").glob("events.out.tfevents.*"))  # TensorBoard

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_utils import ROOT, copy_workflow
+from tests.helpers import ROOT, copy_workflow
 
 pytestmark = pytest.mark.e2e
 

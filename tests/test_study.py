@@ -32,8 +32,8 @@ def test_seeds_name_runs_and_keep_the_top_level_seeds_names():
     assert plan.align_runs()[:3] == ["exo-rw_nc2", "exo-rw_nc2_s1", "exo-rw_nc2_s7"]
     assert len(plan.align_runs()) == 12
     assert plan.run_seed("exo-rw_nc2_s7") == 7 and plan.run_configuration("exo-rw_nc2_s7") == "exo-rw_nc2"
-    assert plan.run_engine_params("exo-rw_nc2_s1")["seed"] == 1
-    assert plan.run_engine_params("exo-rw_nc2")["seed"] == 42
+    assert plan.runtime("exo-rw_nc2_s1").seed == 1
+    assert plan.runtime("exo-rw_nc2").seed == 42
     assert plan.run_params("exo-rw_nc2_s1") == plan.run_params("exo-rw_nc2")
     # default: the top-level seed only, the names of before
     assert Plan(cfg()).align_runs() == ["exo-rw_nc2", "dpo-rw_nc2", "exo-pref_nc2", "dpo-pref_nc2"]
@@ -57,7 +57,7 @@ def test_exact_run_sets_and_clashes():
              "data": "rm_labels", "num_contrastive": [4, 8]}]
     plan = Plan(cfg(grid=grid, only=["exo-rw_nc8", "exo-pref_nc2"]))
     assert plan.align_runs() == ["exo-rw_nc8", "exo-pref_nc2"]  # exactly these, this order
-    assert plan.run_params("exo-rw_nc8")["num_contrastive"] == 8
+    assert plan.run_params("exo-rw_nc8").num_contrastive == 8
     with pytest.raises(ValueError, match="already defined with other"):  # same name, other params
         Plan(cfg(grid=[{"name": "{loss}_nc2", "loss": ["exo-rw"], "data": "rm_labels",
                         "lr": 1e-3}]))
@@ -73,7 +73,7 @@ def test_exact_run_sets_and_clashes():
     with pytest.raises(ValueError, match="repeats a seed"):
         Plan(cfg(seeds=[1, 1]))
     bad = cfg(grid=[{"name": "x{lr}", "loss": "exo-rw", "data": "rm_labels", "lr": [-1.0, 1e-4]}])
-    with pytest.raises(ConfigError, match="align run 'x-1.0': lr"):
+    with pytest.raises(ConfigError, match="align.grid run x-1.0.lr must be > 0, got -1.0"):
         check_config(bad)
 
 

@@ -1,6 +1,5 @@
 """The summary table and figure from hand-written reward.json files."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 
 from exoflow.io import write_json, write_records
 from exoflow.summary import columns, summary_table, write_summary
+from tests.helpers import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"exo-rw_nc2": {"loss": "exo-rw", "data": "rm_labels", "num_contrastive": 2},
@@ -124,13 +124,10 @@ def test_summary_with_no_checkpoints(tmp_path):
 
 def test_summarize_cli(tmp_path, capsys):
     sft, cks, ds = write_world(tmp_path, gold=True)
-    spec = importlib.util.spec_from_file_location("summarize",
-                                                  ROOT / "workflow_scripts" / "summarize.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = script_module("summarize")
     cli.main(["--sft", str(sft), "--dataset", str(ds), "--checkpoints", *map(str, cks),
-              "--runs", json.dumps(RUNS), "--csv", str(tmp_path / "s.csv"),
-              "--png", str(tmp_path / "s.png")])
+              "--runs", json.dumps(RUNS), "--val-prompts", "0", "--select-by", "reward",
+              "--csv", str(tmp_path / "s.csv"), "--png", str(tmp_path / "s.png")])
     assert len(pd.read_csv(tmp_path / "s.csv")) == 7
     assert (tmp_path / "s.png").stat().st_size > 0
     assert "dataset-chosen" in capsys.readouterr().out

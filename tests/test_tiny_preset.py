@@ -10,7 +10,7 @@ import csv
 
 import pytest
 
-from tests.workflow_utils import copy_workflow, snakemake
+from tests.helpers import copy_workflow, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

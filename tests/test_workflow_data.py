@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from exoflow.io import read_records
-from tests.workflow_utils import ROOT, copy_workflow, planned_jobs, snakemake
+from tests.helpers import ROOT, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 

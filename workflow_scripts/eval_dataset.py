@@ -1,50 +1,39 @@
 """RM (and gold) rewards of the dataset's own chosen and rejected responses.
 
     python workflow_scripts/eval_dataset.py --rm results/tiny/models/rm \
-        --input results/tiny/data/pref/test.jsonl --num-prompts 128 \
-        --output results/tiny/eval/dataset/reward.json \
-        --rewards results/tiny/eval/dataset/rewards.jsonl \
-        --params '{"score_batch_size": 64}' \
-        --rm-max-len 256 --rm-max-gen-len 64 --gold --num-threads 1
+        --pairs results/tiny/data/pref/test.jsonl --num-prompts 256 --score-batch-size 64 \
+        --rm-layout '{"max_len": 256, "max_gen_len": 64}' --gold true --dtype null \
+        --threads 1 --summary results/tiny/eval/dataset/reward.json \
+        --rewards results/tiny/eval/dataset/rewards.jsonl
 """
 
-import argparse
-import json
+from exoflow import cli
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rm", required=True, help="reward model folder")
-    p.add_argument("--input", required=True, help="{prompt, chosen, rejected} records")
-    p.add_argument("--num-prompts", type=int, default=None, help="the first N records; default all")
-    p.add_argument("--output", required=True, help="reward.json")
-    p.add_argument("--rewards", required=True, help="per-prompt rewards, JSON Lines")
-    p.add_argument("--params", required=True,
-                   help="the eval config section (sizes), as JSON or a JSON file")
-    p.add_argument("--rm-max-len", type=int, required=True, help="RM: prompt + response tokens")
-    p.add_argument("--rm-max-gen-len", type=int, required=True, help="RM: response tokens kept")
-    p.add_argument("--gold", action="store_true", help="also the synthetic gold reward")
-    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "auto"])
+    p = cli.ScriptParser(__doc__)
+    p.input("rm", "the reward model folder (or its config.json)")
+    p.input("pairs", "{prompt, chosen, rejected} records")
+    p.param("num_prompts", "the first N records (null: all)", default=None)
+    p.param("score_batch_size", "sequences per RM forward", type=int)
+    cli.add_scoring_args(p, "the RM")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    import torch
+    import json
 
-    from exoflow.evaluate import EvalParams, eval_dataset
+    from exoflow.evaluate import eval_dataset
+    from exoflow.modeling import folder_of
+    from exoflow.runtime import set_threads
 
-    params = EvalParams.from_cli(args.params, args.rm_max_len, args.rm_max_gen_len)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    summary = eval_dataset(args.input, args.rm, args.output, args.rewards,
-                           num_prompts=args.num_prompts, params=params, gold=args.gold,
-                           dtype=args.dtype)
+    set_threads(args.threads)
+    summary = eval_dataset(args.pairs, folder_of(args.rm), args.summary, args.rewards,
+                           num_prompts=args.num_prompts, score_batch_size=args.score_batch_size,
+                           rm_layout=args.rm_layout, gold=bool(args.gold), dtype=args.dtype)
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

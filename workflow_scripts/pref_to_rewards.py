@@ -1,16 +1,16 @@
 """Preference pairs -> {prompt, completions: [chosen, rejected], rewards: [1, 0]}.
 
-    python workflow_scripts/pref_to_rewards.py --input data/pref/train.jsonl \
-        --output data/p2r/train.jsonl
+    python workflow_scripts/pref_to_rewards.py --pairs results/tiny/data/pref/train.jsonl \
+        --records results/tiny/data/p2r/train.jsonl
 """
 
-import argparse
+from exoflow import cli
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
+    p = cli.ScriptParser(__doc__)
+    p.input("pairs", "pairs {prompt, chosen, rejected}")
+    p.output("records", "alignment records, JSON Lines")
     return p
 
 
@@ -19,11 +19,9 @@ def main(argv=None):
     from exoflow.hh import pair_to_rewards
     from exoflow.io import read_records, write_records
 
-    n = write_records(args.output, (pair_to_rewards(r) for r in read_records(args.input)))
-    print(f"{n} records -> {args.output}")
+    n = write_records(args.records, (pair_to_rewards(r) for r in read_records(args.pairs)))
+    print(f"{n} records -> {args.records}")
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

@@ -1,47 +1,41 @@
 """Sample completions for every prompt of a record file from a causal LM.
 
     python workflow_scripts/sample.py --model results/tiny/models/sft \
-        --input results/tiny/data/pref/train.jsonl --output results/tiny/data/sft_samples/train.jsonl \
-        --params '{"num_return": 2, "temperature": 0.8, "top_k": 0, "max_new_tokens": 48,
-                   "max_len": 256, "batch_size": 64}' --seed 42 --num-threads 2
+        --prompts results/tiny/data/pref/train.jsonl \
+        --generation '{"num_return": 2, "temperature": 0.8, "top_k": 0, "max_new_tokens": 48,
+                       "max_len": 256, "batch_size": 64}' --seed 42 --num-prompts null \
+        --dtype null --threads 2 --samples results/tiny/data/sft_samples/train.jsonl
 """
 
-import argparse
-import json
-from pathlib import Path
+from exoflow import cli
+from exoflow.params import GenerationParams
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="causal LM folder (save_pretrained)")
-    p.add_argument("--input", required=True, help="records with a 'prompt' key")
-    p.add_argument("--output", required=True, help="{prompt, completions} records, JSON Lines")
-    p.add_argument("--params", required=True,
-                   help="the sample or eval config section, as JSON or a JSON file")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--num-prompts", type=int, default=None,
-                   help="keep the first N prompts (default: params' num_prompts, else all)")
-    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "auto"])
+    p = cli.ScriptParser(__doc__)
+    p.input("model", "a causal LM folder (or its config.json)")
+    p.input("prompts", "records with a 'prompt' key")
+    p.param("generation", "how to sample (the sample or eval section), as JSON",
+            section=GenerationParams)
+    p.param("seed", "the config's seed", type=int)
+    p.param("num_prompts", "the first N prompts (null: all)", default=None)
+    p.param("dtype", "the precision to load the model in (null: its own)", default=None)
+    p.threads()
+    p.output("samples", "{prompt, completions} records, JSON Lines")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    import torch
+    from exoflow.modeling import folder_of
+    from exoflow.runtime import set_threads
+    from exoflow.sampling import sample_file
 
-    from exoflow.sampling import SampleParams, sample_file
-
-    text = args.params if args.params.lstrip().startswith("{") else Path(args.params).read_text()
-    params = SampleParams.from_dict(json.loads(text))
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    n = sample_file(args.model, args.input, args.output, params, args.seed,
-                    num_prompts=args.num_prompts, dtype=args.dtype)
-    print(f"{n} prompts x {params.num_return} completions -> {args.output}")
+    set_threads(args.threads)
+    n = sample_file(folder_of(args.model), args.prompts, args.samples, args.generation,
+                    args.seed, num_prompts=args.num_prompts, dtype=args.dtype)
+    print(f"{n} prompts x {args.generation.num_return} completions -> {args.samples}")
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

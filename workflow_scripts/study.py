@@ -6,37 +6,41 @@ differences named in study.compare (exoflow.study).
         --runs '{"exo-rw_nc2": {"configuration": "exo-rw_nc2", "seed": 42, "loss": "exo-rw",
                  "data": "rm_labels", "num_contrastive": 2}, ...}' \
         --compare '[["exo-rw_nc2", "dpo-rw_nc2"]]' --val-prompts 128 --select-by gold \
-        --out results/tiny/study
+        --bootstrap 2000 --seed 42 --title tiny --csv results/tiny/study/study.csv \
+        --comparisons results/tiny/study/compare.csv --png results/tiny/study/study.png
 """
 
-import argparse
-import json
+from exoflow import cli
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sft", required=True, help="the SFT model's reward.json (ckpt0)")
-    p.add_argument("--checkpoints", nargs="*", default=[], help="every checkpoint's reward.json")
-    p.add_argument("--runs", required=True,
-                   help="JSON {run: {configuration, seed, loss, data, num_contrastive}}")
-    p.add_argument("--compare", default="[]", help="JSON [[a, b], ...] of configurations")
-    p.add_argument("--val-prompts", type=int, default=0)
-    p.add_argument("--select-by", default="reward", choices=["reward", "gold", "win_rate"])
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
-    p.add_argument("--out", required=True, help="folder for study.csv, compare.csv, study.png")
-    p.add_argument("--title", default=None)
+    p = cli.ScriptParser(__doc__)
+    p.input("sft", "the SFT model's reward.json (ckpt0)")
+    p.input("checkpoints", "every checkpoint's reward.json", nargs="*", default=[])
+    p.param("runs", "JSON {run: {configuration, seed, loss, data, num_contrastive}}")
+    p.param("compare", "JSON [[a, b], ...] of configurations", default=[])
+    p.param("val_prompts", "the first N evaluated prompts pick each run's checkpoint", type=int)
+    p.param("select_by", "the criterion that picks it", type=str,
+            choices=["reward", "gold", "win_rate"])
+    p.param("bootstrap", "bootstrap resamples", type=int)
+    p.param("seed", "seed of the bootstrap draws", type=int)
+    p.param("title", "the figure's title", type=str, default=None)
+    p.output("csv", "study.csv (compare.csv and study.png beside it)")
+    p.output("comparisons", "compare.csv")
+    p.output("png", "study.png")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    from pathlib import Path
+
     import pandas as pd
 
     from exoflow.study import write_study
 
-    study, compare = write_study(args.sft, args.checkpoints, json.loads(args.runs),
-                                 [tuple(p) for p in json.loads(args.compare)], args.out,
+    study, compare = write_study(args.sft, args.checkpoints, args.runs,
+                                 [tuple(p) for p in args.compare], Path(args.csv).parent,
                                  args.val_prompts, args.select_by, args.bootstrap, args.seed,
                                  args.title)
     with pd.option_context("display.width", 220, "display.max_columns", 40):
@@ -45,6 +49,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

@@ -6,28 +6,26 @@ prompts.
         --dataset results/tiny/eval/dataset/reward.json \
         --checkpoints results/tiny/eval/*/ckpt[1-9]*/reward.json \
         --runs '{"exo-rw_nc2": {"loss": "exo-rw", "data": "rm_labels", "num_contrastive": 2}}' \
-        --val-prompts 128 --select-by gold \
-        --csv results/tiny/summary.csv --png results/tiny/summary.png --title tiny
+        --val-prompts 128 --select-by gold --title tiny \
+        --csv results/tiny/summary.csv --png results/tiny/summary.png
 """
 
-import argparse
-import json
-from pathlib import Path
+from exoflow import cli
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sft", required=True, help="the SFT model's reward.json (ckpt0)")
-    p.add_argument("--dataset", required=True, help="eval/dataset/reward.json")
-    p.add_argument("--checkpoints", nargs="*", default=[], help="every checkpoint's reward.json")
-    p.add_argument("--runs", required=True,
-                   help="JSON {run: {loss, data, num_contrastive}} (run order), or a JSON file")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--png", required=True)
-    p.add_argument("--title", default=None)
-    p.add_argument("--val-prompts", type=int, default=0,
-                   help="the first N evaluated prompts pick each run's checkpoint")
-    p.add_argument("--select-by", default="reward", choices=["reward", "gold", "win_rate"])
+    p = cli.ScriptParser(__doc__)
+    p.input("sft", "the SFT model's reward.json (ckpt0)")
+    p.input("dataset", "eval/dataset/reward.json")
+    p.input("checkpoints", "every checkpoint's reward.json", nargs="*", default=[])
+    p.param("runs", "JSON {run: {configuration, seed, loss, data, num_contrastive}} (run "
+            "order), or a JSON file")
+    p.param("val_prompts", "the first N evaluated prompts pick each run's checkpoint", type=int)
+    p.param("select_by", "the criterion that picks it", type=str,
+            choices=["reward", "gold", "win_rate"])
+    p.param("title", "the figure's title", type=str, default=None)
+    p.output("csv", "summary.csv")
+    p.output("png", "summary.png")
     return p
 
 
@@ -35,17 +33,15 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     import pandas as pd
 
+    from exoflow.io import read_json
     from exoflow.summary import write_summary
 
-    text = args.runs if args.runs.lstrip().startswith("{") else Path(args.runs).read_text()
-    df = write_summary(args.sft, args.checkpoints, args.dataset, json.loads(text), args.csv,
-                       args.png, title=args.title, val_prompts=args.val_prompts,
-                       select_by=args.select_by)
+    runs = args.runs if isinstance(args.runs, dict) else read_json(args.runs)
+    df = write_summary(args.sft, args.checkpoints, args.dataset, runs, args.csv, args.png,
+                       title=args.title, val_prompts=args.val_prompts, select_by=args.select_by)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.to_string(index=False))
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

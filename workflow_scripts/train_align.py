@@ -3,55 +3,57 @@
     python workflow_scripts/train_align.py --policy results/tiny/models/sft \
         --train results/tiny/data/rm_labels/train.jsonl \
         --ref-logps results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64.jsonl \
-        --out results/tiny/models/align/exo-rw_nc2 --work-dir results/tiny/work/align/exo-rw_nc2 \
+        --align '{"loss": "exo-rw", "data": "rm_labels", "lr": 1e-4, "batch_size": 32,
+                  "micro_batch_size": 32, "max_steps": 60, "save_every": 20, "max_len": 256,
+                  "max_gen_len": 64}' \
+        --runtime '{"engine": {"logging_steps": 10, "checkpoint_every": 50}, "seed": 42}' \
+        --work-dir results/tiny/work/align/exo-rw_nc2 \
         --log-dir results/tiny/logs/tensorboard/align/exo-rw_nc2 \
-        --params '{"loss": "exo-rw", "data": "rm_labels", "lr": 1e-4, "batch_size": 32,
-                   "micro_batch_size": 32, "max_steps": 60, "save_every": 20, "max_len": 256,
-                   "max_gen_len": 64}' \
-        --engine '{"deepspeed": null, "gpus": 0, "gradient_checkpointing": false,
-                   "num_threads": null, "logging_steps": 10, "checkpoint_every": 50,
-                   "dtype": "fp32", "seed": 42}'
+        --metrics results/tiny/models/align/exo-rw_nc2/metrics.json
 
-Without --ref-logps the reference model (--reference, default --policy) runs in every step.
-Multi-GPU: the same arguments after `torchrun --nproc_per_node 8` (DeepSpeed ZeRO via --engine).
-A restarted job resumes from the last checkpoint in --work-dir.
+ckpt<k>/ are written beside --metrics. Without --ref-logps the reference model (--reference,
+default --policy) runs in every step. Multi-GPU: the same arguments after
+`torchrun --nproc_per_node 8` (DeepSpeed ZeRO via --runtime). A restarted job resumes from the
+last checkpoint in --work-dir.
 """
 
-import argparse
-import json
+from exoflow import cli
+from exoflow.params import AlignParams, Runtime
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--policy", required=True, help="the initial policy (SFT model folder)")
-    p.add_argument("--train", required=True, help="records {prompt, completions, rewards}")
-    p.add_argument("--ref-logps", default=None, help="reference log-prob cache (precompute_ref)")
-    p.add_argument("--ref-code-hash", default=None,
-                   help="the code hash the cache must record (precompute_ref's); default: unchecked")
-    p.add_argument("--reference", default=None, help="reference model, when no cache (default: --policy)")
-    p.add_argument("--out", required=True, help="folder for ckpt<k>/ and train_metrics.json")
-    p.add_argument("--work-dir", required=True, help="Trainer checkpoints, for resuming")
-    p.add_argument("--log-dir", required=True, help="TensorBoard logs")
-    p.add_argument("--params", required=True, help="the run's resolved align params, JSON")
-    p.add_argument("--engine", required=True, help="config['engine'] + dtype + seed, JSON")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    p = cli.ScriptParser(__doc__, launched=True)
+    p.input("policy", "the initial policy: the SFT model folder (or its config.json)")
+    p.input("train", "records {prompt, completions, rewards}")
+    p.input("ref_logps", "the reference log-prob cache (precompute_ref); none: run the "
+            "reference in every step", nargs="?", default=None)
+    p.param("ref_code", "the code hash the cache must record (precompute_ref's); null: "
+            "unchecked", default=None)
+    p.add_argument("--reference", default=None,
+                   help="the reference model when there is no cache (default: --policy)")
+    p.param("align", "the run's resolved align parameters, as JSON", section=AlignParams)
+    p.param("runtime", "engine, dtype, lora and the run's seed, as JSON", section=Runtime)
+    p.param("work_dir", "Trainer checkpoints, for resuming", type=str)
+    p.param("log_dir", "TensorBoard logs", type=str)
+    p.output("metrics", "metrics.json; ckpt<k>/ beside it")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from exoflow.align import AlignParams, train_align
-    from exoflow.engine import EngineParams
+    import json
+    from pathlib import Path
 
-    params = AlignParams.from_dict(json.loads(args.params))
-    engine = EngineParams.from_dict(json.loads(args.engine))
-    metrics = train_align(args.policy, args.train, args.out, args.work_dir, args.log_dir,
-                          params, engine, ref_cache=args.ref_logps, reference=args.reference,
-                          ref_code=args.ref_code_hash)
+    from exoflow.align import train_align
+    from exoflow.modeling import folder_of
+
+    metrics = train_align(folder_of(args.policy), args.train, Path(args.metrics).parent,
+                          args.work_dir, args.log_dir, args.align, args.runtime,
+                          ref_cache=args.ref_logps or None,
+                          reference=folder_of(args.reference) if args.reference else None,
+                          ref_code=args.ref_code)
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
 
 
 if __name__ == "__main__":
-    from exoflow import cli
-
     cli.run(main)

@@ -1,0 +1,135 @@
+"""A training job's folders: the work folder it resumes from, and the model folders it saves.
+
+Why a work folder apart from the output folder: Snakemake deletes the outputs of a failed job,
+so the Trainer checkpoints a restarted job resumes from (and the alignment checkpoints made
+before the resume point) must live elsewhere. The work folder remembers the parameters that
+made its checkpoints (``exoflow_params.json``); made with others, it is not resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from .io import read_json, write_json
+from .lora import is_peft, merged_state_dict
+from .modeling import check_finite_weights
+
+__all__ = ["PARAMS_FILE", "empty_dir", "jsonable", "last_checkpoint", "remove_checkpoints",
+           "run_trainer", "save_model"]
+
+PARAMS_FILE = "exoflow_params.json"  # the resolved parameters, next to a model or in a work dir
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def last_checkpoint(work_dir) -> str | None:
+    """The newest *complete* ``checkpoint-<step>`` folder in ``work_dir`` (or None).
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it was cut short.
+    """
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return None
+    found = []
+    for p in work_dir.iterdir():
+        m = _CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").exists():
+            found.append((int(m.group(1)), p))
+    return str(max(found)[1]) if found else None
+
+
+def checkpoint_step(path) -> int:
+    """The step of a ``checkpoint-<step>`` folder."""
+    return int(_CHECKPOINT_RE.match(Path(path).name).group(1))
+
+
+def empty_dir(folder, keep=()) -> None:
+    """Empty ``folder`` (if it exists): a training job starts from an empty output
+    folder, so that nothing an earlier config wrote there (a ``ckpt3/`` of a run that now has
+    two checkpoints) survives beside the new outputs. ``keep``: paths never to delete (the
+    work and log folders, should they lie inside)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    kept = {Path(k).resolve() for k in keep}
+    for p in folder.iterdir():
+        r = p.resolve()
+        if r in kept or any(r in k.parents for k in kept):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def remove_checkpoints(work_dir) -> None:
+    work_dir = Path(work_dir)
+    if work_dir.is_dir():
+        for p in work_dir.iterdir():
+            if _CHECKPOINT_RE.match(p.name) and p.is_dir():
+                shutil.rmtree(p)
+
+
+def stamp_differs(work_dir, params: dict) -> bool:
+    """Whether ``work_dir`` was made with other parameters than ``params``."""
+    stamp = Path(work_dir) / PARAMS_FILE
+    return stamp.exists() and read_json(stamp) != jsonable(params)
+
+
+def run_trainer(trainer, work_dir, params: dict | None = None):
+    """``trainer.train()``, resumed from the last complete checkpoint in ``work_dir`` if any.
+
+    ``params`` (everything that shapes the run, JSON-able) is kept in the work folder; a
+    work folder made with other params is not resumed from: its checkpoints are deleted.
+    Returns the ``TrainOutput``; ``trainer.resumed_from`` says which checkpoint (or None).
+    """
+    work_dir = Path(work_dir)
+    acc = trainer.accelerator
+    if params is not None and acc.is_main_process:
+        if stamp_differs(work_dir, params):
+            if last_checkpoint(work_dir):
+                print(f"[exoflow] {work_dir}: checkpoints were made with other parameters; "
+                      "starting over", flush=True)
+            remove_checkpoints(work_dir)
+        write_json(work_dir / PARAMS_FILE, jsonable(params))
+    acc.wait_for_everyone()
+    ckpt = last_checkpoint(work_dir)
+    if ckpt and acc.is_main_process:
+        print(f"[exoflow] resuming from {ckpt}", flush=True)
+    trainer.resumed_from = ckpt
+    return trainer.train(resume_from_checkpoint=ckpt)
+
+
+def save_model(trainer, tokenizer, out_dir, params: dict) -> None:
+    """Model (safetensors) + tokenizer + ``exoflow_params.json`` into ``out_dir``; a LoRA model
+    is saved merged, as the plain model (:func:`exoflow.lora.merged_state_dict`).
+
+    Collective under DeepSpeed (every process must call it); only the main process writes.
+    """
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    lora = is_peft(model)
+    state_dict = None
+    if lora:  # ZeRO <= 2 keeps every parameter whole on every process
+        state_dict = merged_state_dict(model) if acc.is_main_process else None
+    elif trainer.is_deepspeed_enabled:
+        state_dict = acc.get_state_dict(trainer.model_wrapped)
+    if acc.is_main_process:
+        out_dir = Path(out_dir)
+        check_finite_weights(model.state_dict() if state_dict is None else state_dict,
+                             f"{trainer.run_name} (not saved to {out_dir})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plain = model.get_base_model() if lora else model
+        use_cache = plain.config.use_cache
+        plain.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
+        plain.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+        plain.config.use_cache = use_cache
+        tokenizer.save_pretrained(str(out_dir))
+        write_json(out_dir / PARAMS_FILE, jsonable(params))
+    acc.wait_for_everyone()
