@@ -1,19 +1,34 @@
 """Tokenising (prompt, response) pairs and padding them into batches.
 
-One layout for every stage (SFT, RM, alignment, reference log-probs, KL in evaluation):
+One layout for every stage (SFT, RM, alignment, reference log-probs, sampling, KL in the
+evaluation), in the model's own tokenizer conventions:
 
-* prompt and response are tokenised separately (no special tokens) and concatenated, so a
-  response's tokens are the same whatever prompt precedes it;
+* **BOS** starts every sequence when the tokenizer's own template starts a text with it (Llama,
+  Mistral, Gemma: :func:`bos_ids`), once, before the prompt; never before the response, never
+  twice; GPT-NeoX, GPT-2 and Qwen add none, and neither do we;
+* the **response's tokens** are those the tokenizer gives ``prompt + response`` after the
+  prompt's own (:func:`response_ids`), so the ids equal the tokenizer's tokenisation of the
+  whole text (the split point is the end of the prompt's tokens). Where the prompt's last token
+  would merge with the response's first, the response is tokenised alone (the prompt's tokens
+  are never cut). Tokenising the response alone would also differ wherever a tokenizer marks
+  the start of a text (Llama-2's sentencepiece "▁" prefix), feeding the model a layout it was
+  not trained on;
 * the response is right-truncated to ``max_gen_len`` tokens, then the prompt is
-  left-truncated so that the whole fits in ``max_len`` (the end of the dialogue matters most);
+  left-truncated (after its BOS) so that the whole fits in ``max_len`` (the end of the dialogue
+  matters most);
 * ``add_eos`` appends EOS after the response (SFT and log-probs: the model learns to stop;
   not for the RM, whose head reads the last response token);
-* a batch is padded to its own longest sequence, never to ``max_len``;
-* ``loss_mask`` is 1 on response tokens (EOS included), 0 on prompt and padding.
+* padding uses the tokenizer's pad token (or EOS: :func:`exoflow.modeling.load_tokenizer`),
+  never a new token; a batch is padded to its own longest sequence, never to ``max_len``;
+* ``loss_mask`` is 1 on response tokens (EOS included), 0 on BOS, prompt and padding.
+
+A sampled response is decoded as the text its tokens add to the prompt's
+(:func:`decode_response`), so a leading space the tokenizer marks on the first token survives.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -28,21 +43,80 @@ class Encoded:
         return len(self.input_ids)
 
 
+_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """``[bos_token_id]`` when the tokenizer's own template starts a text with its BOS token
+    (with ``add_special_tokens``, as the model was pretrained), else ``[]``."""
+    try:
+        return _BOS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    bos = tokenizer.bos_token_id
+    probe = "Hello there"
+    with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    without = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    out = [bos] if bos is not None and with_special[:1] == [bos] and without[:1] != [bos] else []
+    try:
+        _BOS[tokenizer] = out
+    except TypeError:
+        pass
+    return out
+
+
+def _body(tokenizer, text: str) -> list[int]:
+    """``text``'s ids without special tokens and without a BOS it spells itself."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = bos_ids(tokenizer)
+    return ids[len(bos):] if bos and ids[:1] == bos else ids
+
+
+def response_ids(tokenizer, prompt_ids: list[int], prompt: str, response: str) -> list[int]:
+    """The response's tokens after ``prompt_ids`` (the prompt's own, no special tokens): the
+    tail of the tokenisation of ``prompt + response`` when it starts with ``prompt_ids``,
+    else the response tokenised alone (see the module docstring)."""
+    if not response:
+        return []
+    joint = tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    if joint[:n] == prompt_ids:
+        return joint[n:]
+    return tokenizer(response, add_special_tokens=False)["input_ids"]
+
+
 def encode_pair(tokenizer, prompt: str, response: str, max_len: int, max_gen_len: int,
                 add_eos: bool) -> Encoded:
+    bos = bos_ids(tokenizer)
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"][:max_gen_len]
+    r = response_ids(tokenizer, p, prompt, response)[:max_gen_len]
+    if bos and p[:1] == bos:  # the prompt spells the BOS token itself: still once
+        p = p[1:]
     if add_eos:
         r = r + [tokenizer.eos_token_id]
-    keep = max(max_len - len(r), 0)
+    r = r[:max(max_len - len(bos), 0)]  # only when the response fills max_len by itself
+    keep = max(max_len - len(r) - len(bos), 0)
     p = p[max(len(p) - keep, 0):] if keep else []  # the last `keep` prompt tokens
-    return Encoded(p + r, len(p))
+    return Encoded(bos + p + r, len(bos) + len(p))
 
 
 def encode_prompt(tokenizer, prompt: str, max_len: int) -> list[int]:
-    """Prompt tokens for generation, left-truncated to ``max_len``."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return ids[-max_len:] if max_len else ids
+    """Prompt tokens for generation (BOS first when the tokenizer starts texts with it),
+    left-truncated to ``max_len``."""
+    bos = bos_ids(tokenizer)
+    ids = _body(tokenizer, prompt)
+    keep = max(max_len - len(bos), 0)
+    return bos + (ids[-keep:] if keep else [])
+
+
+def decode_response(tokenizer, prompt_ids: list[int], ids: list[int]) -> str:
+    """The text ``ids`` add after ``prompt_ids``: the decoded whole minus the decoded prompt
+    (a tokenizer may drop the leading space of a text it decodes alone), else ``ids`` decoded
+    alone when the whole does not start with the prompt's text."""
+    alone = tokenizer.decode(ids, skip_special_tokens=True)
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(list(prompt_ids) + list(ids), skip_special_tokens=True)
+    return whole[len(head):] if whole.startswith(head) else alone
 
 
 def pad_batch(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:

@@ -36,10 +36,12 @@ class SplitStats:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     subsampled_out: int = 0
+    rewritten: Counter = field(default_factory=Counter)  # kept pairs a rule rewrote (hh.py)
 
     def as_dict(self) -> dict:
         return {"read": self.read, "kept": self.kept, "dropped": dict(sorted(self.dropped.items())),
-                "subsampled_out": self.subsampled_out}
+                "subsampled_out": self.subsampled_out,
+                "rewritten": dict(sorted(self.rewritten.items()))}
 
 
 # -- sources: each yields (where, raw record) with `where` = "file:line" for messages ----------
@@ -126,7 +128,7 @@ def preprocess(rows, on_bad_row: str = "error") -> tuple[list[dict], SplitStats]
             stats.dropped["bad_row"] += 1
             continue
         try:
-            pairs.append(hh.to_pair(raw["chosen"], raw["rejected"]))
+            pairs.append(hh.to_pair(raw["chosen"], raw["rejected"], stats.rewritten))
         except hh.Dropped as d:
             stats.dropped[d.reason] += 1
     stats.kept = len(pairs)

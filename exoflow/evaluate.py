@@ -77,6 +77,7 @@ import sys
 import time
 from pathlib import Path
 
+from .batching import response_ids
 from .errors import check_finite
 from .io import RecordError, iter_records, read_numbered, write_json, write_records
 from .logps import text_logps, text_pair_stats
@@ -242,8 +243,13 @@ def _gold(prompts, completions) -> list[list[float]]:
     return reshape(gold_rewards(flat_p, flatten(completions)), completions)
 
 
-def _token_lengths(tok, completions) -> list[list[int]]:
-    return [[len(tok(c, add_special_tokens=False)["input_ids"]) for c in cs] for cs in completions]
+def _token_lengths(tok, prompts, completions) -> list[list[int]]:
+    """Each completion's length in tokens, as the layout tokenises it after its prompt."""
+    out = []
+    for p, cs in zip(prompts, completions):
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        out.append([len(response_ids(tok, ids, p, c)) for c in cs])
+    return out
 
 
 def _read_samples(path) -> tuple[list[str], list[list[str]]]:
@@ -267,7 +273,7 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
     ``scoring`` gives the prompt length the samples were drawn with, the scoring batch size and
     the sampling temperature (that of the exact KL), ``rm_layout`` the RM's truncation."""
     _check_shapes(completions, sft_completions, "checkpoint vs SFT samples")
-    lengths = _token_lengths(load_tokenizer(str(sft_dir)), completions)
+    lengths = _token_lengths(load_tokenizer(str(sft_dir)), prompts, completions)
     # Whole completions: a decoded sample can re-encode to more tokens than were generated,
     # and cutting it would score a different text (with an EOS where there was none).
     gen_len = max(1, max(flatten(lengths), default=1))
@@ -354,7 +360,7 @@ def eval_dataset(pref_file, rm_dir, summary_json, rewards_file, *, num_prompts: 
     rm, tok = load_scorer(rm_dir, dtype, default_device(device))
     rewards = _rm_scores(rm, tok, prompts, pairs, score_batch_size, rm_layout)
     del rm
-    lengths = _token_lengths(tok, pairs)
+    lengths = _token_lengths(tok, prompts, pairs)
     golds = _gold(prompts, pairs) if gold else None
 
     out_recs, summary = [], {"kind": "dataset", "num_prompts": len(recs)}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 HUMAN, ASSISTANT = "Human", "Assistant"
 _TAG = re.compile(r"^(Humans?|Assistant):")
+GLUED_MARKERS = ("Human: ", "Humans: ")  # inside an Assistant turn: rewritten to " "
 
 DROP_REASONS = {
     "not_human_first": "a dialogue does not start with a Human turn",
@@ -34,6 +35,7 @@ DROP_REASONS = {
 class Turn:
     role: str  # HUMAN or ASSISTANT
     text: str  # everything after "Role:", as written (usually starts with one space)
+    unglued: bool = False  # a turn marker glued into it was rewritten (GLUED_MARKERS)
 
     def render(self) -> str:
         return f"\n\n{self.role}:{self.text}"
@@ -52,18 +54,28 @@ def normalise(dialogue: str) -> str:
     return "".join(t.render() for t in split_turns(dialogue))
 
 
+def unglue(text: str) -> str:
+    """An Assistant paragraph with the turn markers glued into it rewritten to a space."""
+    for marker in GLUED_MARKERS:
+        text = text.replace(marker, " ")
+    return text
+
+
 def split_turns(dialogue: str) -> list[Turn]:
-    """Turns of a raw HH dialogue. Text before the first role tag is kept as a turn with
-    role ``""`` so that callers can see (and drop) a dialogue that does not start right."""
+    """Turns of a raw HH dialogue (an Assistant turn's first paragraph :func:`unglue`-d). Text
+    before the first role tag is kept as a turn with role ``""`` so that callers can see (and
+    drop) a dialogue that does not start right."""
     turns: list[Turn] = []
     for block in dialogue.split("\n\n"):
         m = _TAG.match(block)
         if m:
             role = ASSISTANT if m.group(1) == ASSISTANT else HUMAN
-            turns.append(Turn(role, block[m.end():]))
+            text = block[m.end():]
+            clean = unglue(text) if role == ASSISTANT else text
+            turns.append(Turn(role, clean, clean != text))
         elif turns:
             last = turns[-1]
-            turns[-1] = Turn(last.role, f"{last.text}\n\n{block}")
+            turns[-1] = Turn(last.role, f"{last.text}\n\n{block}", last.unglued)
         elif block:
             turns.append(Turn("", block))
         # an empty block before the first tag is the usual leading "\n\n"
@@ -77,8 +89,9 @@ def _response(text: str) -> str:
     return " " + text
 
 
-def to_pair(chosen: str, rejected: str) -> dict:
-    """``{prompt, chosen, rejected}`` from two raw dialogues, or raise :class:`Dropped`."""
+def to_pair(chosen: str, rejected: str, counts=None) -> dict:
+    """``{prompt, chosen, rejected}`` from two raw dialogues, or raise :class:`Dropped`;
+    ``counts`` (a Counter) gets ``glued_markers`` += 1 when a rewrite changed the pair."""
     c_turns, r_turns = split_turns(chosen), split_turns(rejected)
     if not c_turns or not r_turns or c_turns[0].role != HUMAN or r_turns[0].role != HUMAN:
         raise Dropped("not_human_first")
@@ -94,6 +107,8 @@ def to_pair(chosen: str, rejected: str) -> dict:
     if c == r:  # the turns differed only in surrounding whitespace
         raise Dropped("identical")
     prompt = "".join(t.render() for t in c_turns[:i]) + f"\n\n{ASSISTANT}:"
+    if counts is not None and any(t.unglued for t in [*c_turns[:i + 1], r_turns[i]]):
+        counts["glued_markers"] += 1
     return {"prompt": prompt, "chosen": c, "rejected": r}
 
 

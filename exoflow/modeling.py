@@ -204,6 +204,41 @@ def init_base_model(init: str, out_dir: str | os.PathLike, tokenizer_dir: str | 
     tok.save_pretrained(str(out_dir))
 
 
+def import_gguf(gguf_file, out_dir) -> dict:
+    """A local GGUF file (llama.cpp's format, e.g. a quantised SmolLM2) as a plain checkpoint
+    folder: transformers' GGUF loader dequantises every tensor to fp32 and rebuilds the
+    tokenizer from the file's metadata; the folder holds no trace of the quantisation, so every
+    stage loads it as any other. The weights are the quantised ones, dequantised: a 4-bit file
+    gives a model that differs from the original full-precision one by the quantisation's error.
+    Returns ``{architecture, parameters, vocabulary}``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf_file)
+    if not path.is_file():
+        raise ModelLoadError(f"model.init: {path} is not a file")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=torch.float32)
+    except ImportError as e:
+        raise ModelLoadError(f"{path}: reading GGUF needs the gguf package ({e}); pip install "
+                             "gguf") from None
+    except Exception as e:  # noqa: BLE001 - a file transformers cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: not a GGUF file transformers can load ({type(e).__name__}: "
+                             f"{first}); give a llama.cpp GGUF of a supported architecture") from None
+    for attr in ("quantization_config",):  # dequantised: a plain fp32 checkpoint from here on
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    check_finite_weights(model.state_dict(), str(path))
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tok.save_pretrained(str(out_dir))
+    return {"architecture": type(model).__name__, "parameters": parameter_counts(model)["total_params"],
+            "vocabulary": len(tok)}
+
+
 def load_causal_lm(name_or_path: str, dtype: str | None = None, **kwargs):
     """``AutoModelForCausalLM`` from a name or folder, with a clear error when offline."""
     from transformers import AutoModelForCausalLM

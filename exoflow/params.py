@@ -303,10 +303,6 @@ class ScratchParams(Section):
                               minimum=0, maximum=1)
 
 
-# GPT-NeoX (Pythia): attention in and out, the MLP's two layers.
-GPT_NEOX_MODULES = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-
-
 @dataclass(kw_only=True)
 class LoraParams(Section):
     SECTION: ClassVar[str] = "model.lora"
@@ -315,22 +311,24 @@ class LoraParams(Section):
                          exclusive_minimum=0)
     dropout: float = param(0.0, "lora: dropout on the adapter input.", minimum=0,
                            exclusive_maximum=1)
-    target_modules: list[str] = param(factory=lambda: list(GPT_NEOX_MODULES),
-                                      help="lora: names of the linear layers to adapt "
-                                      "(GPT-NeoX's attention and MLP by default).",
-                                      schema={"minItems": 1})
+    target_modules: list[str] | None = param(None, "lora: names of the linear layers to adapt; "
+                                             "null: every linear layer of the transformer "
+                                             "blocks, whatever the family (not the embeddings "
+                                             "or the heads).", schema={"minItems": 1})
 
     def check(self):
-        if not self.target_modules or not all(self.target_modules):
-            raise ParamsError(f"{self.where('target_modules')} must be a list naming at least "
-                              f"one module, got {self.target_modules!r}")
+        if self.target_modules is not None and (not self.target_modules
+                                                or not all(self.target_modules)):
+            raise ParamsError(f"{self.where('target_modules')} must be null or a list naming "
+                              f"at least one module, got {self.target_modules!r}")
 
 
 @dataclass(kw_only=True)
 class ModelParams(Section):
     SECTION: ClassVar[str] = "model"
     init: str = param(help="A Hugging Face name, a local checkpoint folder (config, weights, "
-                      "tokenizer), or scratch.", schema={"minLength": 1})
+                      "tokenizer), a local .gguf file (dequantised into a folder by the rule "
+                      "import_base_model), or scratch.", schema={"minLength": 1})
     scratch: ScratchParams | None = param(None, "init: scratch only: the GPT-NeoX size.")
     tokenizer_vocab_size: int = param(50304, "init: scratch only: the BPE vocabulary trained "
                                       "on data/pref/train.", minimum=300)
@@ -349,6 +347,11 @@ class ModelParams(Section):
     @property
     def is_scratch(self) -> bool:
         return self.init == "scratch"
+
+    @property
+    def is_gguf(self) -> bool:
+        """``init`` names a GGUF file (imported into a checkpoint folder by a rule)."""
+        return self.init.lower().endswith(".gguf")
 
 
 def zero_stage(ds_config: str) -> int:

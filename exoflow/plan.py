@@ -111,19 +111,28 @@ class Plan:
 
     # ---- models and engine -------------------------------------------------------------------
 
+    def base_is_built(self) -> bool:
+        """Whether a rule makes the base model folder ``models/base``: the scratch model, or
+        the import of a GGUF file."""
+        return self.cfg.model.is_scratch or self.cfg.model.is_gguf
+
     def base_model(self) -> str:
-        """The folder (or hub name) SFT and RM start from: ``models/base`` for scratch, else
-        ``model.init`` (a leading ``~`` expanded)."""
-        if self.cfg.model.is_scratch:
+        """The folder (or hub name) SFT and RM start from: ``models/base`` when a rule makes it
+        (:meth:`base_is_built`), else ``model.init`` (a leading ``~`` expanded)."""
+        if self.base_is_built():
             return self.res("models/base")
         return os.path.expanduser(self.cfg.model.init)
 
+    def gguf_file(self) -> str:
+        """``model.init``'s GGUF file (a leading ``~`` expanded): the import's input."""
+        return os.path.expanduser(self.cfg.model.init)
+
     def base_model_inputs(self) -> list[str]:
-        """The files SFT and RM depend on: the scratch base model's config.json (a rule makes
+        """The files SFT and RM depend on: the built base model's config.json (a rule makes
         it), or for a local ``model.init`` folder its config, weights and tokenizer files, so
         that a checkpoint fetched again (or replaced) re-runs everything trained from it. A hub
         name has no local files: the hub's cache is not the workflow's to watch."""
-        if self.cfg.model.is_scratch:
+        if self.base_is_built():
             return [self.res("models/base/config.json")]
         folder = Path(self.base_model())
         if not folder.is_dir():
@@ -140,6 +149,18 @@ class Plan:
 
     def gpus(self) -> int:
         return self.cfg.engine.gpus
+
+    def longest_sequences(self) -> dict[str, int]:
+        """``{what: tokens}``: the longest sequence each stage feeds the model (prompt and
+        response, the generated tokens included, EOS too), by the keys that set it."""
+        c = self.cfg
+        out = {"sft.max_len": c.sft.max_len, "rm.max_len": c.rm.max_len,
+               "sample.max_len + sample.max_new_tokens": c.sample.max_len + c.sample.max_new_tokens,
+               # the exact KL re-scores the samples with their EOS appended
+               "eval.max_len + eval.max_new_tokens + 1": c.eval.max_len + c.eval.max_new_tokens + 1}
+        for run in self.align_runs():
+            out[f"{self._where(self.run_configuration(run))}.max_len"] = self.run_params(run).max_len
+        return out
 
     def inference_gpus(self) -> int:
         """GPUs of a sampling, scoring or evaluation job: one when training has any."""

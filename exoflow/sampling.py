@@ -39,7 +39,7 @@ import time
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .batching import Encoded, encode_prompt, length_sorted_batches, pad_batch
+from .batching import Encoded, decode_response, encode_prompt, length_sorted_batches, pad_batch
 from .io import RecordError, iter_records, write_records
 from .modeling import load_causal_lm, load_tokenizer
 from .params import GenerationParams
@@ -266,7 +266,7 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
             for (i, _), row in zip(keys, out[:, width:].tolist()):
                 ids = _strip_generated(row, eos_id)
                 new_tokens += len(ids)
-                results[i].append(cut_at_turn(tokenizer.decode(ids, skip_special_tokens=True)))
+                results[i].append(cut_at_turn(decode_response(tokenizer, encoded[i], ids)))
             bar.update(len(idx))
             bar.set_postfix(new_tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
     return results

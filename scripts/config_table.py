@@ -2,10 +2,12 @@
 (itself generated from exoflow/params.py): one row per key, its default where there is one,
 and its description.
 
-    python scripts/config_table.py      # tests/test_params.py checks docs/CONFIG.md holds this
+    python scripts/config_table.py            # tests/test_params.py checks docs/CONFIG.md holds it
+    python scripts/config_table.py --write    # rewrite the table in docs/CONFIG.md
 """
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -41,5 +43,13 @@ def table(schema: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+START, END = "<!-- config-table: scripts/config_table.py -->\n", "<!-- /config-table -->"
+
 if __name__ == "__main__":
-    print(table(yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())), end="")
+    text = table(yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text()))
+    if "--write" in sys.argv[1:]:
+        doc = ROOT / "docs" / "CONFIG.md"
+        head, rest = doc.read_text().split(START, 1)
+        doc.write_text(head + START + text + END + rest.split(END, 1)[1])
+    else:
+        print(text, end="")

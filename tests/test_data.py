@@ -25,7 +25,8 @@ def test_local_jsonl_and_gz(tmp_path):
         f.write(json.dumps(rows[0]) + "\n")
     pairs, stats = data.prepare_split({"source": "local", "path": str(tmp_path)}, "train", 0)
     assert pairs == [{"prompt": "\n\nHuman: q1\n\nAssistant:", "chosen": " a", "rejected": " b"}]
-    assert stats == {"read": 3, "kept": 1, "dropped": {"identical": 1, "empty_response": 1}, "subsampled_out": 0}
+    assert stats == {"read": 3, "kept": 1, "dropped": {"identical": 1, "empty_response": 1},
+                     "subsampled_out": 0, "rewritten": {}}
     pairs, _ = data.prepare_split({"source": "local", "path": str(tmp_path)}, "test", 0)
     assert len(pairs) == 1
 
@@ -119,3 +120,14 @@ def test_real_hh_sample(hh_sample, split):
             assert rest.lstrip().startswith(resp.strip())
             after = rest.lstrip()[len(resp.strip()):]
             assert after.strip() == "" or re.match(r"\s*\n\n(Human|Assistant):", after)
+
+
+def test_the_real_sample_as_the_original_preprocesses_it(hh_sample):
+    """On the shared real HH sample: every pair is kept or dropped as the original preproc.py
+    does (4 empty responses dropped), and the glued-marker rewrite of the original
+    (exoflow.hh.GLUED_MARKERS) changes 43 training and 5 test pairs, counted in the stats."""
+    for split, kept, rewritten in (("train", 1996, 43), ("test", 312, 5)):
+        pairs, stats = data.prepare_split({"source": "local", "path": str(hh_sample)}, split, 0)
+        assert (stats["kept"], stats["rewritten"]) == (kept, {"glued_markers": rewritten})
+        firsts = [p[k].split("\n\n")[0] for p in pairs for k in ("chosen", "rejected")]
+        assert not any(m in f for f in firsts for m in ("Human: ", "Humans: "))

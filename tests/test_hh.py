@@ -73,3 +73,32 @@ def test_whitespace_only_turn_in_prompt_is_kept():
 def test_pair_to_rewards():
     rec = hh.pair_to_rewards({"prompt": "P", "chosen": " c", "rejected": " r"})
     assert rec == {"prompt": "P", "completions": [" c", " r"], "rewards": [1.0, 0.0]}
+
+
+def test_a_marker_glued_into_an_assistant_turn_becomes_a_space():
+    """As the original preproc.py: "Human: " or "Humans: " inside an Assistant turn's first
+    paragraph is a turn marker glued into the response; it is rewritten to a space in both
+    dialogues (prompt turns too), never in a Human turn or a later paragraph."""
+    pair = hh.to_pair(d("Human: Hi", "Assistant: Sure. Human: and more?"),
+                      d("Human: Hi", "Assistant: No. Humans: why?"))
+    assert (pair["chosen"], pair["rejected"]) == (" Sure.  and more?", " No.  why?")
+    shared = ("Human: Tell me about Human: rights", "Assistant: Ok Human: fine", "Human: more")
+    pair = hh.to_pair(d(*shared, "Assistant: good", "later"), d(*shared, "Assistant: bad"))
+    assert pair["prompt"] == ("\n\nHuman: Tell me about Human: rights\n\nAssistant: Ok  fine"
+                              "\n\nHuman: more\n\nAssistant:")
+    kept = hh.to_pair(d("Human: Q", "Assistant: A", "Human: inside a paragraph"),
+                      d("Human: Q", "Assistant: B"))
+    assert kept["chosen"] == " A"  # "Human: inside..." is a turn of its own there
+    para = hh.to_pair(d("Human: Q", "Assistant: Here:", "and Human: this"),
+                      d("Human: Q", "Assistant: no"))
+    assert para["chosen"] == " Here:\n\nand Human: this"  # the original leaves later paragraphs
+
+
+def test_a_shared_turn_with_extra_spaces_is_shared():
+    """Where a shared Assistant turn starts with two spaces, the original strips them in the
+    chosen dialogue only and splits the pair there (chosen = rejected); here the turn is shared
+    and the pair splits where the dialogues differ."""
+    shared = ("Human: A?", "Assistant:   B.", "Human: C?")
+    pair = hh.to_pair(d(*shared, "Assistant: good"), d(*shared, "Assistant: bad"))
+    assert pair == {"prompt": "\n\nHuman: A?\n\nAssistant:   B.\n\nHuman: C?\n\nAssistant:",
+                    "chosen": " good", "rejected": " bad"}

@@ -21,6 +21,7 @@ from exoflow.sampling import sample_completions
 from exoflow.sft import IGNORE, SFTCollator, encode_sft, train_sft
 from tests.helpers import (
     copy_workflow,
+    make_family,
     make_pretrained,
     make_records,
     planned_jobs,
@@ -118,10 +119,12 @@ study: {{compare: []}}
 
 @pytest.mark.e2e
 def test_dag_from_a_pretrained_folder(tmp_path_factory):
-    """The shortened tiny DAG (one alignment run) from a Pythia-like checkpoint folder: no
-    tokenizer training and no scratch model; every model keeps the checkpoint's vocabulary;
-    replacing the checkpoint's weights re-runs SFT and RM (the folder's files are inputs)."""
-    init = make_pretrained(tmp_path_factory.mktemp("base model"), pad="unset")
+    """The shortened tiny DAG (one alignment run) from a Llama-2-style checkpoint folder (its
+    tokenizer adds a BOS token, marks word starts with a sentencepiece "▁", has no pad token):
+    no tokenizer training and no scratch model; every model keeps the checkpoint's vocabulary;
+    every sampled completion starts as the model wrote it (a leading space kept); replacing
+    the checkpoint's weights re-runs SFT and RM (the folder's files are inputs)."""
+    init = make_family(tmp_path_factory.mktemp("base model"), "llama")
     wd = copy_workflow(tmp_path_factory.mktemp("pt_dag"))
     (wd / "quick.yaml").write_text(QUICK.format(init=json.dumps(str(init))))
     cfg = ["--configfile", "configs/tiny.yaml", "quick.yaml"]
@@ -132,15 +135,23 @@ def test_dag_from_a_pretrained_folder(tmp_path_factory):
     assert ran["train_sft"] == ran["train_rm"] == ran["train_align_exo_rw_nc2"] == 1
     out = wd / "results" / "tiny"
     assert not (out / "models" / "base").exists() and not (out / "models" / "tokenizer").exists()
+    vocab = load_tokenizer(init).get_vocab()
     for m in ("sft", "rm", "align/exo-rw_nc2/ckpt2"):
-        assert read_json(out / "models" / m / "config.json")["vocab_size"] == 1024, m
-        assert load_tokenizer(out / "models" / m).get_vocab() == load_tokenizer(init).get_vocab()
+        assert read_json(out / "models" / m / "config.json")["vocab_size"] == len(vocab), m
+        assert load_tokenizer(out / "models" / m).get_vocab() == vocab
     assert read_json(out / "models" / "sft" / "exoflow_params.json")["base"] == str(init)
-    assert len(read_records(out / "samples" / "exo-rw_nc2" / "ckpt2" / "test.jsonl")) == 16
+    samples = read_records(out / "samples" / "exo-rw_nc2" / "ckpt2" / "test.jsonl")
+    assert len(samples) == 16
+    tok = load_tokenizer(init)
+    for r in samples[:4]:  # each decodes to what its tokens add after the prompt
+        for c in r["completions"]:
+            ids = tok(r["prompt"] + c)["input_ids"]
+            assert ids[0] == tok.bos_token_id and tok.decode(ids, skip_special_tokens=True) \
+                .endswith(c)
     assert (out / "summary.csv").exists()
 
     assert planned_jobs(snakemake(wd, "eval_all", "-n", *cfg)) == {}
     time.sleep(1)
-    make_pretrained(init, pad="unset", seed=1)  # other weights, same tokenizer
+    make_family(init, "llama", seed=1)  # other weights, the same tokenizer
     again = planned_jobs(snakemake(wd, "eval_all", "-n", *cfg))
     assert again.get("train_sft") == again.get("train_rm") == 1
