@@ -23,6 +23,7 @@ include: "rules/sample.smk"
 include: "rules/align.smk"
 include: "rules/eval.smk"
 include: "rules/study.smk"
+include: "rules/judge.smk"
 
 
 rule all:

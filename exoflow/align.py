@@ -29,6 +29,7 @@ checkpoints before its resume point), then moved into the output folder at the e
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -144,6 +145,29 @@ class AlignTrainer(ExoTrainer):
         return super().log(logs, *args, **kwargs)
 
 
+# Above this share of groups whose candidates all have one reward, the log says so.
+DEGENERATE_WARN = 0.10
+
+
+def degenerate_groups(records, num_contrastive: int, source: str) -> dict:
+    """``{"groups", "degenerate_groups"}``: the groups of N candidates (the loss's groups) and
+    how many hold one reward for all (no signal: the loss's gradient is float noise, which Adam
+    would still turn into full-size steps). Refused when every group is so, a warning in the
+    log above :data:`DEGENERATE_WARN`."""
+    n = num_contrastive
+    groups = [r["rewards"][i:i + n] for r in records for i in range(0, len(r["rewards"]), n)]
+    flat = sum(1 for g in groups if max(g) == min(g))
+    if groups and flat == len(groups):
+        raise ExoflowError(f"{source}: every group of {n} candidates has equal rewards, so "
+                           "alignment has nothing to learn; re-label it (label_rewards) with a "
+                           "trained reward model")
+    if groups and flat / len(groups) > DEGENERATE_WARN:
+        print(f"[exoflow] warning: {flat} of {len(groups)} groups of {n} candidates in {source} "
+              f"({100 * flat / len(groups):.0f} %) have equal rewards and carry no signal",
+              file=sys.stderr, flush=True)
+    return {"groups": len(groups), "degenerate_groups": flat}
+
+
 # ------------------------------------------------------------------------------ checkpoints
 
 
@@ -210,6 +234,8 @@ class AlignRecipe(Recipe):
         lines = [n for n, _ in numbered]
         self.num_candidates = check_num_candidates(
             self.train_records, self.params.num_contrastive, str(self.train_file), lines=lines)
+        self.degenerate = degenerate_groups(self.train_records, self.params.num_contrastive,
+                                            str(self.train_file))
         self.ref_logps = None
         if self.ref_cache is not None:
             p = self.params
@@ -276,7 +302,7 @@ class AlignRecipe(Recipe):
                 remove_checkpoints(work)
 
     def evaluate(self, trainer):
-        return {"num_candidates": self.num_candidates,
+        return {"num_candidates": self.num_candidates, **self.degenerate,
                 "checkpoint_steps": self.params.checkpoint_steps(),
                 "ref_logps": self.stamp()["ref_logps"]}
 

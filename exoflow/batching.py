@@ -53,7 +53,9 @@ def bos_ids(tokenizer) -> list[int]:
         return _BOS[tokenizer]
     except (KeyError, TypeError):
         pass
-    bos = tokenizer.bos_token_id
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:  # no BOS token: nothing to probe
+        return []
     probe = "Hello there"
     with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
     without = tokenizer(probe, add_special_tokens=False)["input_ids"]

@@ -12,7 +12,8 @@ cannot drift apart: a name the rule lacks fails the dry run. By hand, the same f
 **Errors.** ``if __name__ == "__main__": cli.run(main)``:
 
 :func:`run` calls ``main()``; an :class:`~exoflow.errors.ExoflowError` (bad input, a corrupt
-file, a diverged run), a missing file or a malformed ``--params`` JSON ends the process with
+file, a diverged run), a missing file, an OS error on a file (a full disk: its path and the room
+left) or a malformed JSON argument ends the process with
 ``error: <message>`` on stderr and exit status 1, which is all a Snakemake log then holds.
 ``--debug`` anywhere on the command line (it is removed before ``main`` parses it) or
 ``EXOFLOW_DEBUG=1`` in the environment re-raises instead, with the traceback. Any other
@@ -26,7 +27,9 @@ import json
 import os
 import sys
 
+from . import locks
 from .errors import ExoflowError
+from .io import os_error_line
 
 DEBUG_ENV = "EXOFLOW_DEBUG"
 SOURCES = ("input", "output", "params", "wildcards", "threads")
@@ -75,11 +78,15 @@ class ScriptParser(argparse.ArgumentParser):
         return self._tagged("params", name, help, type=type, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
+        """The arguments, sections read as their classes, and the job's outputs locked
+        (:mod:`exoflow.locks`: no two processes make the same output at once)."""
         ns = super().parse_args(args, namespace)
         for name, cls in self.sections.items():
             if getattr(ns, name) is not None:
                 setattr(ns, name, cls.from_json(getattr(ns, name),
                                                  cls.SECTION or "--" + name.replace("_", "-")))
+        locks.hold([getattr(ns, n) for n, src in self.sources.items()
+                    if src == "output" and getattr(ns, n)])
         return ns
 
     def wildcard(self, name: str, help: str, **kwargs):
@@ -137,14 +144,19 @@ def run(main, argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    if debug:
-        return _main_reporting_memory(main, argv)
     try:
-        return _main_reporting_memory(main, argv)
-    except (ExoflowError, FileNotFoundError) as e:
-        _fail(str(e))
-    except json.JSONDecodeError as e:  # a JSON argument that is not JSON
-        _fail(f"a JSON argument is not valid JSON ({e})")
+        if debug:
+            return _main_reporting_memory(main, argv)
+        try:
+            return _main_reporting_memory(main, argv)
+        except (ExoflowError, FileNotFoundError) as e:
+            _fail(str(e))
+        except json.JSONDecodeError as e:  # a JSON argument that is not JSON
+            _fail(f"a JSON argument is not valid JSON ({e})")
+        except OSError as e:  # a full disk, a read-only folder: one line, nothing half-made
+            _fail(os_error_line(e))
+    finally:
+        locks.release_all()
 
 
 def _main_reporting_memory(main, argv):

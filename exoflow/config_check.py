@@ -1,17 +1,25 @@
-"""Checks of a workflow config that a JSON schema cannot express, run when the Snakefile is
-parsed (so a dry run fails on them): no torch, no Snakemake import.
+"""Everything a dry run can refuse in a config, before any job runs, each in one line naming
+the key(s), what was given and what is allowed: no torch, no Snakemake import (the Snakefile
+calls :func:`check_config` while it is parsed).
 
-* every section resolves to its parameter class (:mod:`exoflow.params`: types, bounds and the
-  constraints between keys), every alignment run (explicit, or a point of an ``align.grid``
-  sweep) to valid run parameters, and the seeds and the study's comparisons are consistent
-  (:class:`exoflow.plan.Plan`);
+* the config against the schema (``schemas/config.schema.yaml``, generated from
+  :mod:`exoflow.params`) and its parameter classes: unknown keys (with the closest known one),
+  types, bounds, and the constraints between the keys of one section;
+* the run set (``align.runs``, ``align.grid``, ``align.only``, ``align.seeds``) and the study's
+  comparisons (:class:`exoflow.plan.Plan`);
+* across sections (:func:`check_across`, the README's "Bad config"): every run's
+  ``num_contrastive`` divides the candidates its data has (``sample.num_return`` for
+  ``rm_labels``, 2 for ``p2r``); ``eval.checkpoints`` is at most every run's checkpoint count;
+  ``eval.select_by: gold`` needs the synthetic source; ``data.source: local`` needs a
+  ``data.path`` holding both splits; every training stage's ``batch_size`` is a multiple of
+  ``micro_batch_size`` x the job's processes; the judge's prompts are report prompts that were
+  evaluated, its checkpoints evaluated ones, its template a file;
 * ``model.init``: ``scratch``, a Hugging Face name (``org/name``), a local folder that holds a
   config, weights and a tokenizer (:func:`exoflow.modeling.check_model_dir`), or a local GGUF
-  file; a path that does not exist, or an empty or partial folder, is refused naming
-  ``model.init``;
+  file; a path that does not exist, or an empty or partial folder, is refused;
 * no stage feeds the model a sequence longer than its positions (``max_position_embeddings``,
-  GPT-2's ``n_positions``; the scratch model's, or a local folder's ``config.json``): refused
-  naming the keys and the model's limit.
+  GPT-2's ``n_positions``; the scratch model's, a local folder's ``config.json``, a GGUF file's
+  metadata).
 """
 
 from __future__ import annotations
@@ -20,17 +28,38 @@ import re
 from pathlib import Path
 
 from .errors import ExoflowError
+from .io import find_split_file
 from .modeling import ModelLoadError, check_model_dir
 from .plan import Plan
 
-__all__ = ["ConfigError", "check_config", "check_model_init"]
+__all__ = ["ConfigError", "check_across", "check_config", "check_model_init", "check_schema",
+           "plan_or_exit"]
 
 # A hub repository id: "name" or "org/name" of letters, digits, ".", "_", "-".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+CANDIDATES_P2R = 2  # [chosen, rejected]
 
 
 class ConfigError(ExoflowError, ValueError):
     """The config is inconsistent; the message names the key(s)."""
+
+
+def check_schema(config: dict, schema_file=SCHEMA) -> None:
+    """The config against the JSON schema, its first error in one line: the key's path, what
+    was given and what is allowed (never the schema itself)."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if not errors:
+        return
+    e = jsonschema.exceptions.best_match(errors)
+    where = ".".join(map(str, e.absolute_path)) or "config"
+    allowed = e.schema.get("description", "")
+    what = e.message if len(e.message) < 300 else e.message[:300] + "..."
+    raise ConfigError(f"{where}: {what}" + (f" ({allowed})" if allowed else ""))
 
 
 def check_model_init(init: str) -> str:
@@ -58,14 +87,70 @@ def check_model_init(init: str) -> str:
                       "or scratch")
 
 
+def check_across(plan: Plan) -> None:
+    """The constraints between sections (see the module docstring); ConfigError on the first."""
+    c = plan.cfg
+    for run in plan.align_runs():
+        p, where = plan.run_params(run), plan.where(run)
+        k, source = ((c.sample.num_return, f"sample.num_return = {c.sample.num_return}")
+                     if p.data == "rm_labels" else (CANDIDATES_P2R, "[chosen, rejected]"))
+        if k % p.num_contrastive:
+            raise ConfigError(
+                f"{plan.key_where(run, 'num_contrastive')} = {p.num_contrastive} does not "
+                f"divide the {k} "
+                f"candidates per prompt of its data {p.data} ({source}); set num_contrastive "
+                f"to a divisor of {k}" + (", or sample.num_return to a multiple of "
+                                          f"{p.num_contrastive}" if p.data == "rm_labels" else ""))
+        if c.eval.checkpoints > p.num_checkpoints:
+            raise ConfigError(
+                f"eval.checkpoints = {c.eval.checkpoints} but run {run} has "
+                f"{p.num_checkpoints} checkpoint(s) ({where}: max_steps {p.max_steps} / "
+                f"save_every {p.save_every}); lower eval.checkpoints or save more often")
+    if c.eval.select_by == "gold" and c.data.source != "synthetic":
+        raise ConfigError(f"eval.select_by = gold needs the synthetic source (data.source is "
+                          f"{c.data.source}: no gold reward); use reward or win_rate")
+    if c.data.source == "local":
+        if not c.data.path:
+            raise ConfigError("data.source = local needs data.path: a folder with "
+                              "train.jsonl[.gz] and test.jsonl[.gz]")
+        for split in ("train", "test"):
+            try:
+                find_split_file(c.data.path, split)
+            except FileNotFoundError as e:
+                raise ConfigError(f"data.path: {e}") from None
+    j = c.judge
+    if j.base_url:
+        if c.eval.num_prompts is not None and c.eval.val_prompts + j.num_prompts > \
+                c.eval.num_prompts:
+            raise ConfigError(
+                f"judge.num_prompts = {j.num_prompts} report prompts after eval.val_prompts = "
+                f"{c.eval.val_prompts} exceed eval.num_prompts = {c.eval.num_prompts}; lower "
+                f"judge.num_prompts to at most {c.eval.num_prompts - c.eval.val_prompts}")
+        for k in j.checkpoints or []:
+            if k > c.eval.checkpoints:
+                raise ConfigError(f"judge.checkpoints: {k} is not an evaluated checkpoint "
+                                  f"(eval.checkpoints = {c.eval.checkpoints})")
+        if j.template and not Path(j.template).expanduser().is_file():
+            raise ConfigError(f"judge.template: no such file {j.template!r}")
+    n = plan.processes()
+    stages = [("sft", c.sft), ("rm", c.rm)] + [(plan.where(r), plan.run_params(r))
+                                               for r in plan.align_runs()]
+    for where, p in stages:
+        if p.batch_size % (p.micro_batch_size * n):
+            raise ConfigError(
+                f"{where}.batch_size = {p.batch_size} is not a multiple of micro_batch_size "
+                f"{p.micro_batch_size} x {n} training process(es) (engine.processes / gpus) = "
+                f"{p.micro_batch_size * n}; change one of them")
+
+
 # The keys a model config names its longest sequence with (GPT-2: n_positions).
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
 
 
 def model_positions(plan: Plan) -> tuple[int, str] | None:
-    """``(positions, where)`` of the model every stage trains: the scratch size, or a local
-    folder's config.json; None when it cannot be known before a job runs (a hub name, a GGUF
-    file before it is imported)."""
+    """``(positions, where)`` of the model every stage trains: the scratch size, a local
+    folder's config.json or a GGUF file's metadata; None when it cannot be known before a job
+    runs (a hub name)."""
     m = plan.cfg.model
     if m.is_scratch:
         return m.scratch.max_position_embeddings, "model.scratch.max_position_embeddings"
@@ -114,13 +199,30 @@ def check_positions(plan: Plan) -> None:
                               f"({where}); lower it (the model cannot attend that far)")
 
 
-def check_config(config: dict) -> Plan:
+def plan_or_exit(config: dict, argv: list[str]) -> Plan:
+    """:func:`check_config`, a ConfigError ending the process with its one line (the
+    traceback with ``--debug`` or ``EXOFLOW_DEBUG=1``): the Snakefile's first step."""
+    from .cli import debug_requested
+
+    try:
+        return check_config(config)
+    except ConfigError as e:
+        if debug_requested(argv):
+            raise
+        raise SystemExit(f"error: {e}") from None
+
+
+def check_config(config: dict, schema_file=SCHEMA) -> Plan:
     """All the checks of this module on a config (ConfigError on the first); the Plan."""
     try:
         plan = Plan(config)
+        check_schema(config, schema_file)
         plan.comparisons()
+    except ConfigError:
+        raise
     except ExoflowError as e:
         raise ConfigError(str(e)) from None
     check_model_init(plan.cfg.model.init)
+    check_across(plan)
     check_positions(plan)
     return plan

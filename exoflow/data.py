@@ -10,16 +10,14 @@ Sources (config ``data.source``):
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
-from urllib.parse import urlparse
 
 from . import hh, synthetic
 from .errors import ExoflowError
+from .hub import hub_reachable
 from .io import RecordError, find_split_file, iter_records
 from .params import DataParams
 
@@ -46,18 +44,8 @@ class SplitStats:
 
 # -- sources: each yields (where, raw record) with `where` = "file:line" for messages ----------
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def iter_hub(subset: str, split: str) -> Iterator[tuple[str, object]]:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    if not offline and not _hub_reachable():
+    if not hub_reachable():
         raise DataSourceError(
             f"cannot reach the Hugging Face hub to download {HUB_DATASET} ({subset}). "
             "Without network, set `data.source: local` and `data.path:` to a folder holding "
@@ -80,7 +68,8 @@ def iter_local(path: str, split: str, on_bad_row: str) -> Iterator[tuple[str, ob
     if not path:
         raise DataSourceError("data.source: local needs data.path (a folder with train/test.jsonl)")
     f = find_split_file(path, split)
-    for lineno, rec in iter_records(f, on_error=on_bad_row):
+    for lineno, rec in iter_records(f, on_error=on_bad_row,
+                                    hint="fix or remove that line of the raw data"):
         yield f"{f}:{lineno}", rec
 
 

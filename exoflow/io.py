@@ -13,9 +13,13 @@ written, naming the file and the record.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -64,14 +68,37 @@ def dumps(obj: Any, **kwargs) -> str:
 
 
 def _decode_error(path, lineno: int, e: ValueError, hint: str) -> RecordError:
-    what = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-    return RecordError(f"{path}:{lineno}: not valid JSON ({what}); {hint}")
+    if isinstance(e, json.JSONDecodeError) or isinstance(e, _NotFinite):
+        what = f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else e})"
+    else:
+        what = str(e)
+    return RecordError(f"{path}:{lineno}: {what}; {hint}")
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+# A \\uD800-\\uDFFF escape: JSON lets a line spell half of a UTF-16 pair, which no text holds.
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _parse_line(raw: bytes) -> Any:
+    """One JSON Lines record: ValueError for invalid UTF-8, invalid JSON, a non-finite number
+    or an unpaired surrogate escape (each with its own message)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") \
+            from None
+    rec = loads(line)
+    if _SURROGATE.search(line):
+        try:
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"holds {_SURROGATE.search(line).group(0)}, half of a UTF-16 "
+                             "surrogate pair that no Unicode text holds") from None
+    return rec
 
 
 def iter_records(path: str | os.PathLike, on_error: str = "error",
@@ -87,9 +114,12 @@ def iter_records(path: str | os.PathLike, on_error: str = "error",
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    with _open_text(path) as f:
+    with _open_binary(path) as f:
         if name.endswith(".json"):
-            text = f.read()
+            try:
+                text = f.read().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}: not valid UTF-8 at byte {e.start}; {hint}") from None
             try:
                 data = loads(text)
             except json.JSONDecodeError as e:
@@ -104,7 +134,7 @@ def iter_records(path: str | os.PathLike, on_error: str = "error",
             if not line.strip():
                 continue
             try:
-                rec = loads(line)
+                rec = _parse_line(line)
             except ValueError as e:
                 err = _decode_error(path, lineno, e, hint)
                 if on_error == "skip":
@@ -162,6 +192,54 @@ def atomic_write(path: str | os.PathLike, write, mode: str = "w") -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | os.PathLike, last: tuple[str, ...] = ("config.json",)):
+    """Write a folder's files into a temporary sibling (yielded), then move them into
+    ``out_dir`` (which may exist), the names in ``last`` at the end: a rule's declared output
+    (a model's ``config.json``) never exists without the weights and tokenizer beside it, and a
+    crash or a full disk leaves no half folder (the sibling is removed). Every file gets
+    ``0o666 & ~umask`` (safetensors writes its weights ``0o600``, unreadable by colleagues)."""
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        out.mkdir(parents=True, exist_ok=True)
+        mode = 0o666 & ~_umask()
+        for p in sorted(tmp.iterdir(), key=lambda p: (p.name in last, p.name)):
+            if p.is_file():
+                os.chmod(p, mode)
+            os.replace(p, out / p.name)
+    except OSError:
+        raise
+    except Exception as e:  # a writer that wraps the OS error (safetensors' SafetensorError)
+        if "No space left on device" in str(e) or "StorageFull" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(out)) from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error on a file: its path, what happened, and for a full disk how
+    much room is left there."""
+    path = e.filename or ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = Path(path).absolute() if path else Path.cwd()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        what = {errno.ENOSPC: "no space left on the device",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EFBIG: "the file is larger than this process may write"}[e.errno]
+        return (f"{path}: {what} ({free / 2**20:.1f} MiB free on {where}); make room there (or "
+                "point the results elsewhere) and run the job again: nothing half-written was "
+                "kept")
+    return f"{path}: {e.strerror or e}" if path else str(e)
+
+
 def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Write records as JSON Lines, atomically; returns how many were written."""
     n = 0
@@ -171,6 +249,10 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
         for rec in records:
             try:
                 f.write(dumps(rec, ensure_ascii=False))
+            except UnicodeEncodeError as e:
+                raise RecordError(f"{path}: record {n + 1} holds text that is not valid Unicode "
+                                  f"({e.object[e.start:e.end]!r}, half of a UTF-16 surrogate "
+                                  "pair); nothing was written") from None
             except ValueError as e:
                 raise NonFiniteError(f"{path}: record {n + 1} holds a NaN or infinite number "
                                      f"({e}); nothing was written") from None

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ExoflowError, NonFiniteError
+from .hub import hub_endpoint, hub_reachable
+from .io import atomic_folder, read_json
 from .params import ScratchParams
 from .runtime import torch_dtype
 
@@ -68,7 +70,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    hf_tok.save_pretrained(str(out_dir))
+    with atomic_folder(out_dir, last=("tokenizer.json",)) as tmp:
+        hf_tok.save_pretrained(str(tmp))
     return hf_tok
 
 
@@ -120,15 +123,61 @@ def check_model_dir(folder, what: str = "model", tokenizer: bool = True,
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+# The JSON files of a checkpoint folder, each read (and refused naming file:line) before loading.
+JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json")
+
+
+def check_json_files(folder) -> None:
+    """Every JSON file of a checkpoint folder parses (a :class:`RecordError` naming the file
+    and line, and what to do, otherwise: a file cut short or hand-edited)."""
+    for name in JSON_FILES:
+        f = Path(folder) / name
+        if f.is_file():
+            read_json(f, hint=_REMAKE)
+
+
+def size_mismatch(cls, folder, kwargs) -> str | None:
+    """The first weight whose shape in the folder's safetensors differs from the one its
+    config.json makes, as one line (None when none is found)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    keep = {k: v for k, v in kwargs.items() if k in ("num_labels", "pad_token_id")}
+    config = AutoConfig.from_pretrained(str(folder), **keep)
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in cls.from_config(config).state_dict().items()}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            for name in st.keys():
+                shape = tuple(st.get_slice(name).get_shape())
+                if name in want and want[name] != shape:
+                    return (f"{f}: tensor {name!r} is {list(shape)} but {Path(folder) / 'config.json'}"
+                            f" makes it {list(want[name])}: the config and the weights are of "
+                            f"different models; {_REMAKE}")
+    return None
+
+
 def _from_pretrained(cls, name_or_path: str, **kwargs):
     local = Path(name_or_path).exists()
     if local:
         check_model_dir(name_or_path, what=cls.__name__, tokenizer=cls.__name__ == "AutoTokenizer",
                         weights=cls.__name__ != "AutoTokenizer")
+        check_json_files(name_or_path)
+    elif not hub_reachable():
+        raise ModelLoadError(
+            f"cannot reach the Hugging Face hub to download {name_or_path!r} (no network, or "
+            f"{hub_endpoint()} is down); give model.init as a local checkpoint folder or .gguf "
+            "file, set HF_HUB_OFFLINE=1 to read the local cache, or use model.init: scratch")
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
     except Exception as e:  # offline hub, missing or corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if local and "mismatched" in str(e):
+            raise ModelLoadError(size_mismatch(cls, name_or_path, kwargs) or
+                                 f"{name_or_path}: config.json's sizes disagree with the weights "
+                                 f"({first}); {_REMAKE}") from e
         if local:
             raise ModelLoadError(f"could not load {cls.__name__} from {name_or_path}: "
                                  f"{type(e).__name__}: {first}; {_REMAKE}") from e
@@ -200,8 +249,9 @@ def init_base_model(init: str, out_dir: str | os.PathLike, tokenizer_dir: str | 
     else:
         tok = load_tokenizer(init)
         model = load_causal_lm(init)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tok.save_pretrained(str(out_dir))
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
 
 
 def import_gguf(gguf_file, out_dir) -> dict:
@@ -233,8 +283,9 @@ def import_gguf(gguf_file, out_dir) -> dict:
             delattr(model.config, attr)
     model.hf_quantizer = None
     check_finite_weights(model.state_dict(), str(path))
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tok.save_pretrained(str(out_dir))
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
     return {"architecture": type(model).__name__, "parameters": parameter_counts(model)["total_params"],
             "vocabulary": len(tok)}
 

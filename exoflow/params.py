@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from .errors import ParamsError
 
 __all__ = ["AlignParams", "AlignSection", "Config", "DataParams", "EngineParams", "EvalParams",
-           "GenerationParams", "LayoutParams", "LoraParams", "ModelParams", "OptimParams",
+           "GenerationParams", "JudgeParams", "LayoutParams", "LoraParams", "ModelParams", "OptimParams",
            "RMParams", "SFTParams", "SampleParams", "ScratchParams", "Section", "StudyParams",
            "SyntheticParams", "TrainParams", "config_schema", "param"]
 
@@ -649,6 +649,51 @@ class StudyParams(Section):
                 raise ParamsError(f"study.compare: {pair} is not a pair [a, b]")
 
 
+@dataclass(kw_only=True)
+class JudgeParams(Section):
+    """Config ``judge``: LLM-judge win rates through an OpenAI-compatible endpoint
+    (exoflow.judge); off while ``base_url`` is null."""
+
+    SECTION: ClassVar[str] = "judge"
+    base_url: str | None = param(None, "The endpoint, e.g. https://api.openai.com/v1 or "
+                                 "http://127.0.0.1:8000/v1 (transformers serve, vLLM, "
+                                 "llama.cpp); null: no judge.")
+    model: str | None = param(None, "The judge model's name at the endpoint (e.g. gpt-4o).")
+    api_key_env: str = param("OPENAI_API_KEY", "The name of the environment variable holding "
+                             "the API key (the key itself never enters a config, a log or an "
+                             "output; a local server needs none).")
+    num_prompts: int = param(100, "Report prompts judged per checkpoint (the first ones after "
+                             "eval.val_prompts), each in both orders.", minimum=1)
+    baselines: list[str] = param(factory=lambda: ["sft", "chosen"], help="What each checkpoint "
+                                 "is judged against: sft (the SFT model's sample of the same "
+                                 "prompt) and/or chosen (the dataset's chosen response).",
+                                 schema={"minItems": 1, "items": {"enum": ["sft", "chosen"]}})
+    checkpoints: list[int] | None = param(None, "The checkpoints judged (numbers of "
+                                          "eval.checkpoints'); null: every evaluated one.",
+                                          schema={"items": {"type": "integer", "minimum": 1}})
+    template: str | None = param(None, "A file holding the judge's prompt with {dialogue}, "
+                                 "{response_a} and {response_b}; null: exoflow's own (in the "
+                                 "spirit of the DPO/EXO papers' HH helpfulness prompt).")
+    temperature: float = param(0.0, "The judge's sampling temperature.", minimum=0)
+    max_tokens: int = param(256, "Tokens the judge may write per answer.", minimum=1)
+    concurrency: int = param(4, "Requests in flight at once.", minimum=1)
+    timeout_s: float = param(120.0, "Seconds one request may take.", exclusive_minimum=0)
+    retries: int = param(4, "Tries after a 429, a 5xx, a timeout or a refused connection "
+                         "(exponential backoff), before the job stops.", minimum=0)
+    backoff_s: float = param(1.0, "The first backoff; each retry doubles it.", minimum=0)
+    invalid_retries: int = param(1, "New tries of an answer that names neither A nor B "
+                                 "(then it is counted invalid).", minimum=0)
+    max_requests: int = param(2000, "A job's budget of requests: it stops before exceeding "
+                              "it, saying how many it needs.", minimum=1)
+
+    def check(self):
+        if self.base_url and not self.model:
+            raise ParamsError("judge.base_url is set but judge.model is not: name the judge "
+                              "model the endpoint serves")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ParamsError(f"judge.baselines {self.baselines} repeats a baseline")
+
+
 # ---- the whole config ------------------------------------------------------------------------
 
 
@@ -669,6 +714,8 @@ class Config(Section):
     eval: EvalParams = param(help="Samples of every evaluated checkpoint on the test prompts.")
     study: StudyParams = param(factory=StudyParams, help="What `snakemake study` compares "
                                "across seeds.")
+    judge: JudgeParams = param(factory=JudgeParams, help="LLM-judge win rates (snakemake "
+                               "judge_all); off while judge.base_url is null.")
 
     def runtime(self, seed: int | None = None) -> Runtime:
         """What a training job runs with (the run's seed, else the top-level one)."""

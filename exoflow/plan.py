@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from . import gpus
-from .errors import ParamsError
+from .errors import ExoflowError, ParamsError
 from .params import AlignParams, Config, EngineParams, Runtime
 
 __all__ = ["Plan", "expand_grid", "rule_name"]
@@ -159,7 +159,7 @@ class Plan:
                # the exact KL re-scores the samples with their EOS appended
                "eval.max_len + eval.max_new_tokens + 1": c.eval.max_len + c.eval.max_new_tokens + 1}
         for run in self.align_runs():
-            out[f"{self._where(self.run_configuration(run))}.max_len"] = self.run_params(run).max_len
+            out[self.key_where(run, "max_len")] = self.run_params(run).max_len
         return out
 
     def inference_gpus(self) -> int:
@@ -306,13 +306,25 @@ class Plan:
             return f"align.runs.{configuration}"
         return f"align.grid run {configuration}"
 
+    def where(self, run: str) -> str:
+        """Where a run's parameters come from, for messages: ``align.runs.<configuration>``
+        or ``align.grid run <configuration>``."""
+        return self._where(self.run_configuration(run))
+
+    def key_where(self, run: str, key: str) -> str:
+        """The config key a run's ``key`` comes from: its own entry's, or align.defaults'."""
+        conf = self.run_configuration(run)
+        if key in self.configurations()[conf]:
+            return f"{self._where(conf)}.{key}"
+        return f"align.defaults.{key} (run {run})"
+
     @functools.cache  # noqa: B019 (a Plan lives as long as the workflow)
     def run_params(self, run: str) -> AlignParams:
         """A run's resolved parameters: ``align.defaults`` updated with its configuration's
         entry (its seed is the engine's, :meth:`runtime`)."""
         conf = self.run_configuration(run)
         entry = self.configurations()[conf]
-        return AlignParams.from_dict(dict(self.cfg.align.defaults, **entry), self._where(conf))
+        return AlignParams.from_dict(dict(self.cfg.align.defaults, **entry), self.where(run))
 
     def num_checkpoints(self, run: str) -> int:
         return self.run_params(run).num_checkpoints
@@ -367,8 +379,12 @@ class Plan:
     # ---- evaluation ------------------------------------------------------------------------------
 
     def eval_checkpoints(self, run: str) -> list[int]:
-        """The evaluated checkpoints of a run: 1..min(eval.checkpoints, its checkpoint count)."""
-        n = min(self.cfg.eval.checkpoints, self.num_checkpoints(run))
+        """The evaluated checkpoints of a run: 1..eval.checkpoints (never more than the run has:
+        exoflow.config_check refuses that)."""
+        n = self.cfg.eval.checkpoints
+        if n > self.num_checkpoints(run):
+            raise ParamsError(f"eval.checkpoints = {n} but run {run} has "
+                              f"{self.num_checkpoints(run)} checkpoint(s)")
         return list(range(1, n + 1))
 
     def eval_run_regex(self) -> str:
@@ -417,6 +433,38 @@ class Plan:
                                       f"(those are {sorted(confs)})")
             out.append((a, b))
         return out
+
+    # ---- the LLM judge ---------------------------------------------------------------------------
+
+    def judge_enabled(self) -> bool:
+        return self.cfg.judge.base_url is not None
+
+    def judge_checkpoints(self, run: str) -> list[int]:
+        """The judged checkpoints of a run (judge.checkpoints, else every evaluated one)."""
+        return list(self.cfg.judge.checkpoints or self.eval_checkpoints(run))
+
+    def judge_targets(self) -> list[str]:
+        """Every (run, checkpoint, baseline)'s win_rate.json, and the SFT model's against the
+        dataset's chosen responses."""
+        j = self.cfg.judge
+        out = [self.res(f"judge/{run}/ckpt{k}/{b}/win_rate.json") for run in self.align_runs()
+               for k in self.judge_checkpoints(run) for b in j.baselines]
+        if "chosen" in j.baselines:
+            out.insert(0, self.res("judge/sft/ckpt0/chosen/win_rate.json"))
+        return out
+
+    def judge_all_targets(self) -> list[str]:
+        """judge_all's inputs; without judge.base_url a ConfigError naming it (the dry run)."""
+        if not self.judge_enabled():
+            raise ExoflowError("judge.base_url is not set: point it at an OpenAI-compatible "
+                              "endpoint (and name judge.model) to judge, e.g. a local "
+                              "`transformers serve` (README, Judge win rates)")
+        return self.judge_targets()
+
+    def judge_template_inputs(self) -> list[str]:
+        """[judge.template] when it names a file: an input, so that editing it re-judges."""
+        t = self.cfg.judge.template
+        return [os.path.expanduser(t)] if t else []
 
     # ---- targets -------------------------------------------------------------------------------
 

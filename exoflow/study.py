@@ -10,7 +10,8 @@ after the first ``eval.val_prompts``, which pick each run's checkpoint: see
 checkpoint picked on the validation prompts), for each metric m of :data:`METRICS`:
 ``m_mean`` (the mean over seeds of each seed's mean over report prompts and samples) and
 ``m_ci95_low`` / ``m_ci95_high``: the 95 % t-interval across seeds (``seeds`` of them; the
-interval is the point with one seed). The SFT model is the row ``configuration = sft``,
+interval is the point with one seed); with the judge run (``judge_all``), ``judge_vs_<baseline>``
+likewise, over each seed's judge win rate. The SFT model is the row ``configuration = sft``,
 ``ckpt = 0``.
 
 ``compare.csv``, per comparison ``a - b`` of ``study.compare`` and checkpoint: the difference of
@@ -146,13 +147,28 @@ class _Evals:
                                     for rr in recs.values() for r in rr)
 
 
+def _judge_cells(judge_jsons) -> tuple[dict, list[str]]:
+    """``({(run, ckpt, baseline): win rate or None}, baselines)`` from win_rate.json files."""
+    cells, baselines = {}, []
+    for path in judge_jsons:
+        j = read_json(path)
+        cells[(j["run"], int(j["ckpt"]), j["baseline"])] = j["win_rate"]
+        if j["baseline"] not in baselines:
+            baselines.append(j["baseline"])
+    return cells, sorted(baselines)
+
+
 def study_tables(sft_json, checkpoint_jsons, runs: dict, comparisons, val_prompts: int = 0,
-                 select_by: str = "reward", n_boot: int = 2000, seed: int = 0):
+                 select_by: str = "reward", n_boot: int = 2000, seed: int = 0, judge_jsons=()):
     """``(study, compare)`` DataFrames (see the module docstring). ``runs``: ``{run:
-    {configuration, seed, loss, data, num_contrastive}}`` (config order)."""
+    {configuration, seed, loss, data, num_contrastive}}`` (config order). ``judge_jsons``: the
+    judge's win_rate.json files; a configuration's checkpoint gets ``judge_vs_<baseline>_mean``
+    and its across-seed interval when every seed's checkpoint was judged (with a valid
+    verdict)."""
     import pandas as pd
 
     ev = _Evals(checkpoint_jsons, sft_json, runs, val_prompts, select_by)
+    judged, baselines = _judge_cells(judge_jsons)
     metrics = [m for m in METRICS if ev.has(m)]
     configs = list(dict.fromkeys(m["configuration"] for m in runs.values()))
     ckpt_ids = sorted({k for recs in ev.recs.values() for k in recs})
@@ -178,6 +194,11 @@ def study_tables(sft_json, checkpoint_jsons, runs: dict, comparisons, val_prompt
                 stats_ = across_seeds([float(_per_prompt(ev.recs[r][ev.ckpt_of(r, k)], m).mean())
                                        for r in present.values()])
                 row.update({f"{m}_{key}": v for key, v in stats_.items() if key != "seeds"})
+            for b in baselines:
+                rates = [judged.get((r, ev.ckpt_of(r, k), b)) for r in present.values()]
+                if rates and None not in rates:
+                    row.update({f"judge_vs_{b}_{key}": v for key, v in
+                                across_seeds(rates).items() if key != "seeds"})
             rows.append(row)
     study = pd.DataFrame(rows)
 
@@ -256,10 +277,10 @@ def plot_study(study, compare, out_png, title: str | None = None) -> None:
 
 
 def write_study(sft_json, checkpoint_jsons, runs: dict, comparisons, out_dir, val_prompts=0,
-                select_by="reward", n_boot=2000, seed=0, title=None):
+                select_by="reward", n_boot=2000, seed=0, title=None, judge_jsons=()):
     """Write ``study.csv``, ``compare.csv`` and ``study.png`` into ``out_dir``."""
     study, compare = study_tables(sft_json, checkpoint_jsons, runs, comparisons, val_prompts,
-                                  select_by, n_boot, seed)
+                                  select_by, n_boot, seed, judge_jsons)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     study.to_csv(out / "study.csv", index=False)

@@ -50,8 +50,27 @@ INT_COLUMNS = ["seed", "num_contrastive", "ckpt", "step", "report_prompts"]
 CRITERIA = {"reward": "rewards", "gold": "gold", "win_rate": "wins"}
 
 
-def columns(gold: bool) -> list[str]:
-    return BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + LENGTH_COLUMNS + SELECT_COLUMNS
+def columns(gold: bool, judged: tuple[str, ...] = ()) -> list[str]:
+    """The table's columns: with the gold reward known, its columns; for each judge baseline
+    (``judged``), ``judge_vs_<baseline>`` and its 95 % interval."""
+    judge = [f"judge_vs_{b}{s}" for b in judged for s in ("", "_ci95_low", "_ci95_high")]
+    return (BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + judge + LENGTH_COLUMNS
+            + SELECT_COLUMNS)
+
+
+def judge_columns(judge_jsons) -> tuple[dict, tuple[str, ...]]:
+    """``({(run, ckpt): {judge_vs_<b>...}}, baselines)`` from the judge's win_rate.json files."""
+    cells: dict = {}
+    baselines: list[str] = []
+    for path in judge_jsons:
+        j = read_json(path)
+        b = j["baseline"]
+        if b not in baselines:
+            baselines.append(b)
+        cells.setdefault((j["run"], int(j["ckpt"])), {}).update({
+            f"judge_vs_{b}": j["win_rate"], f"judge_vs_{b}_ci95_low": j["ci95_low"],
+            f"judge_vs_{b}_ci95_high": j["ci95_high"]})
+    return cells, tuple(sorted(baselines))
 
 
 def _stats(prefix: str, s: dict | None) -> dict:
@@ -116,7 +135,7 @@ def dataset_rows(records: list[dict]) -> list[dict]:
 
 
 def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict],
-                  val_prompts: int = 0, select_by: str = "reward"):
+                  val_prompts: int = 0, select_by: str = "reward", judge_jsons=()):
     """The summary DataFrame (see the module docstring).
 
     ``*_json`` are the ``reward.json`` files (run, checkpoint, step); the numbers come from the
@@ -166,8 +185,12 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
     _, ds_report = split(read_records(Path(dataset_json).with_name("rewards.jsonl")),
                          val_prompts, str(dataset_json))
     rows += dataset_rows(ds_report)
+    judged, baselines = judge_columns(judge_jsons)
+    for row in rows:
+        if row["run"] == "sft" or "ckpt" in row and row.get("ckpt") is not None:
+            row.update(judged.get((row["run"], int(row.get("ckpt") or 0)), {}))
     gold = any(r.get("gold_mean") is not None for r in rows)
-    df = pd.DataFrame(rows).reindex(columns=columns(gold))
+    df = pd.DataFrame(rows).reindex(columns=columns(gold, baselines))
     for c in INT_COLUMNS:
         df[c] = pd.array(df[c], dtype="Int64")
     for c in ("run", "configuration", "loss", "data", "select_by"):
@@ -269,9 +292,10 @@ def save_figure(fig, out_png, title: str | None = None) -> None:
 
 def write_summary(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict], out_csv,
                   out_png, title: str | None = None, val_prompts: int = 0,
-                  select_by: str = "reward"):
+                  select_by: str = "reward", judge_jsons=()):
     """Write ``summary.csv`` and ``summary.png``; returns the DataFrame."""
-    df = summary_table(sft_json, checkpoint_jsons, dataset_json, runs, val_prompts, select_by)
+    df = summary_table(sft_json, checkpoint_jsons, dataset_json, runs, val_prompts, select_by,
+                       judge_jsons)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     plot_summary(df, out_png, title=title)

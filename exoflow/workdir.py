@@ -13,7 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .io import read_json, write_json
+from .io import atomic_folder, read_json, write_json
+from .locks import LOCK_PREFIX
 from .lora import is_peft, merged_state_dict
 from .modeling import check_finite_weights
 
@@ -53,14 +54,14 @@ def empty_dir(folder, keep=()) -> None:
     """Empty ``folder`` (if it exists): a training job starts from an empty output
     folder, so that nothing an earlier config wrote there (a ``ckpt3/`` of a run that now has
     two checkpoints) survives beside the new outputs. ``keep``: paths never to delete (the
-    work and log folders, should they lie inside)."""
+    work and log folders, should they lie inside); the job's own output locks stay too."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     kept = {Path(k).resolve() for k in keep}
     for p in folder.iterdir():
         r = p.resolve()
-        if r in kept or any(r in k.parents for k in kept):
+        if r in kept or any(r in k.parents for k in kept) or p.name.startswith(LOCK_PREFIX):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -124,12 +125,12 @@ def save_model(trainer, tokenizer, out_dir, params: dict) -> None:
         out_dir = Path(out_dir)
         check_finite_weights(model.state_dict() if state_dict is None else state_dict,
                              f"{trainer.run_name} (not saved to {out_dir})")
-        out_dir.mkdir(parents=True, exist_ok=True)
         plain = model.get_base_model() if lora else model
         use_cache = plain.config.use_cache
         plain.config.use_cache = True  # the Trainer turned it off for training; keep it for generation
-        plain.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+        with atomic_folder(out_dir) as tmp:
+            plain.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            write_json(tmp / PARAMS_FILE, jsonable(params))
         plain.config.use_cache = use_cache
-        tokenizer.save_pretrained(str(out_dir))
-        write_json(out_dir / PARAMS_FILE, jsonable(params))
     acc.wait_for_everyone()

@@ -7,16 +7,13 @@ import sys
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
 
 from exoflow.cli import script_parser, shell_args
 from exoflow.codehash import code_hash
-from exoflow.config_check import check_config
+from exoflow.config_check import plan_or_exit
+from exoflow.errors import ExoflowError
 from exoflow.plan import rule_name
 
-# The schema is generated from exoflow/params.py (tests/test_params.py keeps them equal);
-# set_default=False: exoflow.params fills the defaults, once.
-validate(config, schema="../schemas/config.schema.yaml", set_default=False)
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 PACKAGE = Path(workflow.basedir) / "exoflow"
 SPLITS = ["train", "test"]
@@ -44,7 +41,10 @@ def python_command():
     )
 
 
-PLAN = check_config(config)  # exoflow.config_check: what the schema cannot say
+# The config against schemas/config.schema.yaml (generated from exoflow/params.py, where every
+# default lives) and every check a dry run can make (exoflow.config_check): a bad config stops
+# here with one line; --debug (or EXOFLOW_DEBUG=1) shows the traceback.
+PLAN = plan_or_exit(config, sys.argv)
 PLAN.python = python_command()
 CFG = PLAN.cfg  # the config as exoflow.params objects, every default filled in
 RESULTS = PLAN.results
@@ -118,3 +118,10 @@ def ckpt_model(wildcards):
 
 def ckpt_step(wildcards):
     return PLAN.ckpt_step(wildcards.run, wildcards.ckpt)
+
+
+def judge_inputs(wildcards):
+    try:
+        return PLAN.judge_all_targets()
+    except ExoflowError as e:  # no judge.base_url: the dry run stops with one line
+        sys.exit(f"error: {e}")

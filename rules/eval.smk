@@ -114,6 +114,7 @@ rule summarize:
             res("eval/dataset/rewards.jsonl"),
             *PLAN.eval_rewards_targets(),
         ],
+        judge=PLAN.judge_targets() if PLAN.judge_enabled() else [],
     output:
         csv=report(
             res("summary.csv"), caption="../report/summary_csv.rst", category="Summary"

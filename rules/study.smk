@@ -10,6 +10,7 @@ rule study:
         sft=res("eval/sft/ckpt0/reward.json"),
         checkpoints=PLAN.eval_checkpoint_targets(),
         records=[res("eval/sft/ckpt0/rewards.jsonl"), *PLAN.eval_rewards_targets()],
+        judge=PLAN.judge_targets() if PLAN.judge_enabled() else [],
     output:
         csv=report(res("study/study.csv"), category="Study"),
         comparisons=report(res("study/compare.csv"), category="Study"),

@@ -285,3 +285,49 @@ def test_two_processes_with_zero2_through_the_rules(done, tmp_path):
         assert len(full) >= 4
         for s, a, b in full:
             assert a == pytest.approx(b, abs=1e-4), (t, s)
+
+
+def test_judge_win_rates_through_the_rules(done, tmp_path):
+    """judge_all against a real `transformers serve` endpoint, then the summary's columns: the
+    served judge always answers "A" (tests/helpers.served_judge), so each prompt's two orders
+    split (a tie), the win rate is 0.5 by hand and the first position wins every answer.
+    Changing how requests are sent (concurrency) re-runs the judge jobs, which answer from the
+    cache; nothing is asked twice."""
+    import yaml
+
+    from tests.helpers import served_judge
+
+    with served_judge(tmp_path / "judge", biased=True) as endpoint:
+        judge = dict(endpoint, checkpoints=[2], baselines=["sft"], num_prompts=4, max_tokens=1,
+                     retries=1, backoff_s=0.05)
+        (done / "judge.yaml").write_text(yaml.safe_dump({"judge": judge}))
+        assert dry(done, "judge_all", extra=["judge.yaml"]) == {"judge_checkpoint": 4,
+                                                                "judge_all": 1}
+        proc = snakemake(done, "judge_all", "summarize", *CFG, "judge.yaml")
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        out = done / "results" / "tiny"
+        requests = 0
+        for run in RUNS:
+            s = json.loads((out / "judge" / run / "ckpt2" / "sft" / "win_rate.json").read_text())
+            assert (s["prompts"], s["ties"], s["invalid"], s["win_rate"]) == (4, 4, 0, 0.5)
+            assert s["first_position_wins"] == 1.0 and s["position_consistency"] == 0.0
+            # two runs may sample the same reply to a prompt (the same seeds): its answer is
+            # then asked once, by whichever job comes first
+            assert s["requests"] + s["answers_from_cache"] == 8
+            requests += s["requests"]
+            recs = read_records(out / "judge" / run / "ckpt2" / "sft" / "judgements.jsonl")
+            assert [r["index"] for r in recs] == [8, 9, 10, 11]  # after the 8 validation prompts
+        # (two jobs asking the same answer at once both count it; the cache holds it once)
+        assert 0 < len(list((out / "judge" / "cache").rglob("*.json"))) <= requests
+        with open(out / "summary.csv") as f:
+            rows = {(r["run"], r["ckpt"]): r for r in csv.DictReader(f)}
+        for run in RUNS:
+            assert float(rows[(run, "2")]["judge_vs_sft"]) == 0.5
+            assert rows[(run, "1")]["judge_vs_sft"] == ""  # not judged
+        judge["concurrency"] = 1
+        (done / "judge.yaml").write_text(yaml.safe_dump({"judge": judge}))
+        proc = snakemake(done, "judge_all", *CFG, "judge.yaml")
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        for run in RUNS:
+            s = json.loads((out / "judge" / run / "ckpt2" / "sft" / "win_rate.json").read_text())
+            assert (s["requests"], s["answers_from_cache"], s["win_rate"]) == (0, 8, 0.5)

@@ -193,7 +193,8 @@ def test_stale_checkpoints_do_not_survive(tiny):
     (d / "out" / "notes.txt").write_text("old")
     proc, d = align_cli(tiny, "stale", tiny.k4, ref=tiny.cache, max_steps=2, save_every=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (d / "out").iterdir()) == ["ckpt1", "ckpt2", "metrics.json"]
+    assert sorted(p.name for p in (d / "out").iterdir()) == [
+        "ckpt1", "ckpt2", "metrics.json"]  # the job's lock file is gone with the job
 
 
 def test_max_steps_not_a_multiple_of_save_every_is_refused(tiny):
@@ -256,7 +257,8 @@ def test_outputs_get_the_umask_permissions(tiny, tmp_path, umask):
     out = tmp_path / "p2r.jsonl"
     cli("pref_to_rewards", "--pairs", pairs, "--records", out, umask=umask, check=True)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert left == []  # no temp file left, nor the job's lock file
     old = os.umask(umask)
     try:
         write_json(tmp_path / "m.json", {"a": 1})
@@ -321,14 +323,22 @@ def test_rules_quote_every_path(tmp_path):
     assert not pwned, pwned
 
 
-def test_a_failed_job_shows_its_one_line_on_the_terminal(wf):
+def test_a_failed_job_shows_its_one_line_on_the_terminal(wf, tmp_path):
     """profiles/default (picked up by itself) prints the failed job's log: the one-line error
-    reaches the terminal, not only 'check log file(s)'."""
-    cfg = _write_cfg(wf, data={"source": "local", "path": "/nonexistent/hh"})
+    reaches the terminal, not only 'check log file(s)'. (A raw data line that is not JSON: the
+    dry run cannot see it, the preprocess job can.)"""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                       "rejected": "\n\nHuman: hi\n\nAssistant: go away"})
+    (raw / "train.jsonl").write_text(good + "\n" + good[:-5] + "\n")
+    (raw / "test.jsonl").write_text(good + "\n")
+    cfg = _write_cfg(wf, data={"source": "local", "path": str(raw)},
+                     eval={"select_by": "reward"})
     proc = snakemake(wf, "results/tiny/data/pref/train.jsonl", *cfg)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "error: " in out and "/nonexistent/hh" in out, out[-3000:]
+    assert f"error: {raw / 'train.jsonl'}:2: " in out, out[-3000:]
 
 
 def test_run_params_reaching_the_scripts_are_the_configs_own(wf):

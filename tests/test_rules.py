@@ -31,7 +31,7 @@ def test_common_smk_holds_no_planning_logic():
     # path helpers, the code hash of a script, the interpreter, input/params functions
     assert set(functions) <= {"relative", "python_command", "res", "log", "bench", "as_json",
                               "code_of", "run_script", "base_model_arg", "base_model_input",
-                              "ckpt_model", "ckpt_step"}
+                              "ckpt_model", "ckpt_step", "judge_inputs"}
     assert len(src.splitlines()) < 130
 
 

@@ -148,8 +148,15 @@ def test_tables_select_on_validation_and_report_on_the_rest(tmp_path):
         _write_eval(tmp_path, "b_s1", 1, 10, [0, 0, 0, 0], [0, 0, 3, 3], [1, 1, 1, 1]),
         _write_eval(tmp_path, "b_s1", 2, 20, [0, 0, 0, 0], [5, 5, 0, 0], [1, 1, 1, 1]),
     ]
+    # the judge's win rates: a and a_s1 at both checkpoints, b at ckpt2 of seed 42 only
+    judged = []
+    for run, k, rate in [("a", 1, 0.6), ("a", 2, 0.7), ("a_s1", 1, 0.4), ("a_s1", 2, 0.9),
+                         ("b", 2, 0.5)]:
+        judged.append(tmp_path / "judge" / run / f"ckpt{k}" / "sft" / "win_rate.json")
+        write_json(judged[-1], {"run": run, "ckpt": k, "baseline": "sft", "win_rate": rate,
+                                "ci95_low": rate - 0.1, "ci95_high": rate + 0.1})
     study, compare = study_tables(sft, js, meta, [("a", "b")], val_prompts=2,
-                                  select_by="gold", n_boot=400)
+                                  select_by="gold", n_boot=400, judge_jsons=judged)
     a = study[study["configuration"] == "a"].set_index("ckpt")
     # report-slice gold per seed: ckpt1 {42: 2, 1: 4} -> mean 3; ckpt2 {42: 9, 1: 6} -> 7.5
     assert a.loc["1", "gold_mean"] == 3.0 and a.loc["2", "gold_mean"] == 7.5
@@ -158,7 +165,13 @@ def test_tables_select_on_validation_and_report_on_the_rest(tmp_path):
     # selected on validation: seed 42 -> ckpt1 (val gold 3 vs 1), seed 1 -> ckpt2 (1 vs 0)
     assert a.loc["selected", "gold_mean"] == pytest.approx((2 + 6) / 2)
     assert a.loc["2", "kl_exact_mean"] == 2.5 and a.loc["2", "kl_mean"] == 0.5
+    # judge columns across seeds: ckpt2 (0.7, 0.9) -> 0.8; the picked checkpoints (seed 42
+    # ckpt1: 0.6, seed 1 ckpt2: 0.9) -> 0.75
+    assert a.loc["2", "judge_vs_sft_mean"] == pytest.approx(0.8)
+    assert a.loc["selected", "judge_vs_sft_mean"] == pytest.approx(0.75)
+    assert a.loc["2", "judge_vs_sft_ci95_low"] == pytest.approx(0.8 - 12.706204736174698 * 0.1)
     b = study[study["configuration"] == "b"].set_index("ckpt")
+    assert b["judge_vs_sft_mean"].isna().all()  # not every seed judged: no mean of one
     # b seed 1 picks ckpt2 on validation (5 > 0) although its report gold is 0 there
     assert b.loc["selected", "gold_mean"] == pytest.approx((1 + 0) / 2)
     row = compare[(compare["metric"] == "gold") & (compare["ckpt"] == "2")].iloc[0]
@@ -173,8 +186,11 @@ def test_tables_select_on_validation_and_report_on_the_rest(tmp_path):
                                           "rewards": [1.0, 0.0], "lengths": [2, 1],
                                           "gold": [1.0, -1.0]} for i in range(4)])
     write_json(ds / "reward.json", {"kind": "dataset"})
-    df = summary_table(sft, js, ds / "reward.json", meta, val_prompts=2, select_by="gold")
+    df = summary_table(sft, js, ds / "reward.json", meta, val_prompts=2, select_by="gold",
+                       judge_jsons=judged)
     r = df[(df["run"] == "a") & (df["ckpt"] == 1)].iloc[0]
+    assert r["judge_vs_sft"] == 0.6 and r["judge_vs_sft_ci95_high"] == pytest.approx(0.7)
+    assert math.isnan(df[(df["run"] == "b_s1") & (df["ckpt"] == 2)].iloc[0]["judge_vs_sft"])
     assert r["gold_mean"] == 2.0 and r["val_score"] == 3.0 and bool(r["selected"])
     assert r["report_prompts"] == 2 and r["kl_exact"] == 1.0 and r["kl"] == 0.5
     assert not bool(df[(df["run"] == "a") & (df["ckpt"] == 2)].iloc[0]["selected"])

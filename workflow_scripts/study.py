@@ -17,6 +17,8 @@ def make_parser():
     p = cli.ScriptParser(__doc__)
     p.input("sft", "the SFT model's reward.json (ckpt0)")
     p.input("checkpoints", "every checkpoint's reward.json", nargs="*", default=[])
+    p.input("judge", "the judge's win_rate.json files (none: no judge columns)", nargs="*",
+            default=[])
     p.param("runs", "JSON {run: {configuration, seed, loss, data, num_contrastive}}")
     p.param("compare", "JSON [[a, b], ...] of configurations", default=[])
     p.param("val_prompts", "the first N evaluated prompts pick each run's checkpoint", type=int)
@@ -42,7 +44,7 @@ def main(argv=None):
     study, compare = write_study(args.sft, args.checkpoints, args.runs,
                                  [tuple(p) for p in args.compare], Path(args.csv).parent,
                                  args.val_prompts, args.select_by, args.bootstrap, args.seed,
-                                 args.title)
+                                 args.title, args.judge)
     with pd.option_context("display.width", 220, "display.max_columns", 40):
         print(study.to_string(index=False))
         print(compare.to_string(index=False))

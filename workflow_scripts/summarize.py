@@ -18,6 +18,8 @@ def make_parser():
     p.input("sft", "the SFT model's reward.json (ckpt0)")
     p.input("dataset", "eval/dataset/reward.json")
     p.input("checkpoints", "every checkpoint's reward.json", nargs="*", default=[])
+    p.input("judge", "the judge's win_rate.json files (none: no judge columns)", nargs="*",
+            default=[])
     p.param("runs", "JSON {run: {configuration, seed, loss, data, num_contrastive}} (run "
             "order), or a JSON file")
     p.param("val_prompts", "the first N evaluated prompts pick each run's checkpoint", type=int)
@@ -38,7 +40,8 @@ def main(argv=None):
 
     runs = args.runs if isinstance(args.runs, dict) else read_json(args.runs)
     df = write_summary(args.sft, args.checkpoints, args.dataset, runs, args.csv, args.png,
-                       title=args.title, val_prompts=args.val_prompts, select_by=args.select_by)
+                       title=args.title, val_prompts=args.val_prompts, select_by=args.select_by,
+                       judge_jsons=args.judge)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.to_string(index=False))
 
