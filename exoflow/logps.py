@@ -98,6 +98,19 @@ def _sum_token_logps(get_logits, rows, targets, weights, v, temperature, chunk_s
     return out.index_add(0, rows, per_token)
 
 
+def _bool_logits_to_keep() -> bool:
+    """Whether this transformers' models take a boolean (B, T) ``logits_to_keep``: those that
+    slice with ``modeling_utils.slice_logits_to_keep`` (transformers 5.21 on). Before, they
+    index ``hidden_states[:, logits_to_keep, :]``, which a 2-D mask breaks; then every
+    position is projected (the same log-probs, more work)."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+
+
+BOOL_LOGITS_TO_KEEP = _bool_logits_to_keep()
+
+
 def model_response_logps(
     model,
     input_ids: Tensor,
@@ -114,7 +127,8 @@ def model_response_logps(
     projects only the kept hidden states onto the vocabulary, returning (n, V) logits. Prompts
     are most of the tokens of HH dialogues, so this skips most of the LM head's work (and its
     (B, T, V) logits). Models whose forward ignores a boolean ``logits_to_keep`` (they return
-    (B, T, V) logits) are handled by :func:`response_logps`, with the same result.
+    (B, T, V) logits), and every model of a transformers before 5.21
+    (:data:`BOOL_LOGITS_TO_KEEP`), are handled by :func:`response_logps`, with the same result.
     """
     b, t = input_ids.shape
     if loss_mask.shape != (b, t):
@@ -129,7 +143,7 @@ def model_response_logps(
         return torch.zeros(b, dtype=torch.promote_types(logits.dtype, torch.float32),
                            device=logits.device) + 0.0 * logits.sum()
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=keep).logits
+                   logits_to_keep=keep if BOOL_LOGITS_TO_KEEP else 0).logits
     if logits.dim() == 3:  # the model projected every position
         return response_logps(logits, input_ids, loss_mask, temperature, chunk_size)
     if logits.shape[0] != n:

@@ -161,6 +161,19 @@ def prefill_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
     return groups
 
 
+def _cache_kwarg() -> str:
+    """``generate``'s keyword for a prefilled KV cache: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (5.24 renamed it; the old name still works there, with a
+    deprecation warning)."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg()
+
+
 def _prefix_forward(model, seqs: list[list[int]], pad_id: int, device):
     """The KV cache of ``seqs`` left-padded to their longest (position ids follow the mask, as
     in ``generate``; the LM head skipped: ``logits_to_keep=1``)."""
@@ -254,7 +267,7 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
             stop = StoppingCriteriaList([TurnStop(tokenizer, ends, width)])
             extra = {}
             if share_prompt_cache and num_return > 1 and width > 1:
-                extra["cache"] = _shared_prompt_cache(
+                extra[CACHE_KWARG] = _shared_prompt_cache(
                     model, [encoded[i] for i in idx], width, num_return, pad_id, device,
                     max_new_tokens, static_cache)
             out = model.generate(

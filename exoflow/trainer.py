@@ -39,6 +39,20 @@ __all__ = ["ExoTrainer", "loss_curve", "make_training_args", "mean_train_loss", 
            "step_records"]
 
 
+def _checkpointing_args(on: bool) -> dict:
+    """Activation checkpointing in TrainingArguments' words: ``activation_checkpointing`` from
+    transformers 5.24 on, ``gradient_checkpointing`` before (5.24 keeps it as a deprecated
+    alias)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": on,
+            f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if on else None}
+
+
 def make_training_args(params: OptimParams, rt: Runtime, work_dir, log_dir=None,
                        n_procs: int | None = None, **overrides) -> TrainingArguments:
     """``TrainingArguments`` for a stage (``params``: its section, whose :meth:`schedule` gives
@@ -69,9 +83,7 @@ def make_training_args(params: OptimParams, rt: Runtime, work_dir, log_dir=None,
         fp16=rt.dtype == "fp16",
         use_cpu=cpu,
         deepspeed=engine.deepspeed,
-        activation_checkpointing=engine.gradient_checkpointing,
-        activation_checkpointing_kwargs=({"use_reentrant": False}
-                                         if engine.gradient_checkpointing else None),
+        **_checkpointing_args(engine.gradient_checkpointing),
         seed=rt.seed,
         logging_strategy="steps",
         logging_steps=engine.logging_steps,
