@@ -32,6 +32,18 @@ SHAPES = {  # GPT-NeoX (Pythia) shapes
 }
 
 
+def checkpointing(model, on: bool) -> None:
+    """Activation checkpointing on or off, in the words of the transformers at hand
+    (``activation_checkpointing_*`` from 5.24, ``gradient_checkpointing_*`` before)."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if not on:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+    elif new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="pythia-2.8b")
@@ -88,7 +100,7 @@ def main(argv=None):
         return statistics.median(times), out
 
     # ---- one alignment step ----------------------------------------------------------------
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing(model, True)
     model.config.use_cache = False
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), weight_decay=0.0)
@@ -121,7 +133,7 @@ def main(argv=None):
     # ---- one sampling batch ----------------------------------------------------------------
     opt = None  # free the optimizer states before sampling
     model.zero_grad(set_to_none=True)
-    model.activation_checkpointing_disable()
+    checkpointing(model, False)
     model.config.use_cache = True
     model = model.to(torch.bfloat16).eval()
     if dev.type == "cuda":

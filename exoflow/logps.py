@@ -170,7 +170,7 @@ def _kept(loss_mask: Tensor, temperature: float):
 
 def _kept_logits(model, input_ids, attention_mask, keep) -> Tensor:
     z = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-              logits_to_keep=keep).logits
+              logits_to_keep=keep if BOOL_LOGITS_TO_KEEP else 0).logits
     return (z[keep] if z.dim() == 3 else z).float()  # (n, V)
 
 
