@@ -252,6 +252,7 @@ align:
 """
 
 
+@pytest.mark.slow  # ~95 s; tests/test_multiprocess.py covers 2 processes in the default suite
 def test_two_processes_with_zero2_through_the_rules(done, tmp_path):
     """engine.processes: 2 with DeepSpeed ZeRO-2 (configs/tiny_2proc.yaml's keys) through
     snakemake on this CPU: SFT, RM and an alignment run train in 2 torchrun processes (gloo),

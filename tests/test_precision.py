@@ -75,6 +75,7 @@ study: {compare: []}
 """
 
 
+@pytest.mark.slow  # ~80 s; the dtype unit tests above run in the default suite
 @pytest.mark.e2e
 def test_bf16_through_the_rules_on_the_cpu(tmp_path):
     """model.dtype: bf16 on the CPU, a few steps of every stage through snakemake: SFT, RM

@@ -117,6 +117,7 @@ study: {{compare: []}}
 """
 
 
+@pytest.mark.slow  # ~90 s; tests/test_families.py runs every stage's code per family by default
 @pytest.mark.e2e
 def test_dag_from_a_pretrained_folder(tmp_path_factory):
     """The shortened tiny DAG (one alignment run) from a Llama-2-style checkpoint folder (its
