@@ -6,15 +6,20 @@ PY := $(VENV)/bin/python
 CORES ?= all
 TARGET ?= eval_all
 
-.PHONY: install tiny test test-all lint
+.PHONY: install lock tiny test test-all lint gpu-rehearsal
 
-$(VENV)/.installed: pyproject.toml
+# Every package at requirements.lock's exact version (make lock refreshes it), then exoflow
+# itself, editable, without resolving anything else.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+lock:
+	bash scripts/lock.sh
 
 tiny: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake $(TARGET) --cores $(CORES) --configfile configs/tiny.yaml
@@ -40,3 +45,8 @@ lint: install
 	$(SMK) study -n --quiet all --configfile configs/tiny.yaml configs/study.yaml
 	$(SMK) eval_all -n --quiet all --configfile configs/tiny.yaml configs/tiny_2proc.yaml
 	$(SMK) eval_all -n --quiet all --configfile configs/gpu_check.yaml
+
+# The GPU check rehearsed on this CPU (after bash scripts/gpu_bundle.sh): the image's packages
+# only, the bundle installed by the check itself, no network (scripts/gpu_rehearsal.sh).
+gpu-rehearsal: install
+	bash scripts/gpu_rehearsal.sh
