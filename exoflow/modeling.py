@@ -278,6 +278,7 @@ def import_gguf(gguf_file, out_dir) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: not a GGUF file transformers can load ({type(e).__name__}: "
                              f"{first}); give a llama.cpp GGUF of a supported architecture") from None
+    _gguf_special_tokens(tok, path)
     for attr in ("quantization_config",):  # dequantised: a plain fp32 checkpoint from here on
         if hasattr(model.config, attr):
             delattr(model.config, attr)
@@ -288,6 +289,45 @@ def import_gguf(gguf_file, out_dir) -> dict:
         tok.save_pretrained(str(tmp))
     return {"architecture": type(model).__name__, "parameters": parameter_counts(model)["total_params"],
             "vocabulary": len(tok)}
+
+
+def _gguf_special_tokens(tok, path: Path) -> None:
+    """The BOS/EOS a text starts/ends with, as the GGUF file says (``tokenizer.ggml.add_bos_token``,
+    ``add_eos_token``): transformers before 5.24 drops the file's add_bos_token for byte-level
+    (``gpt2``) vocabularies, so a Llama-3-style model would silently train and sample without
+    the BOS it was pretrained with. Set where the loaded tokenizer disagrees, checked after;
+    ModelLoadError where it cannot be made to agree."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return
+    fields = GGUFReader(str(path)).fields
+
+    def flag(key):
+        f = fields.get(key)
+        return None if f is None else bool(f.contents())
+
+    probe = "Hello there"
+    for key, attr, token_id, at in (("tokenizer.ggml.add_bos_token", "add_bos_token",
+                                     tok.bos_token_id, 0),
+                                    ("tokenizer.ggml.add_eos_token", "add_eos_token",
+                                     tok.eos_token_id, -1)):
+        want = flag(key)
+        if want is None or token_id is None:
+            continue
+
+        def adds():
+            ids = tok(probe, add_special_tokens=True)["input_ids"]
+            return bool(ids) and ids[at] == token_id and \
+                tok(probe, add_special_tokens=False)["input_ids"][at:][:1] != [token_id]
+
+        if adds() != want:
+            setattr(tok, attr, want)
+        if adds() != want:
+            raise ModelLoadError(f"{path}: its metadata says {key} = {want}, but the tokenizer "
+                                 f"transformers builds from it does {'not ' if want else ''}add "
+                                 "that token and cannot be made to; import the model with "
+                                 "another transformers version")
 
 
 def load_causal_lm(name_or_path: str, dtype: str | None = None, **kwargs):

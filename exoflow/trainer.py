@@ -215,6 +215,27 @@ class ExoTrainer(Trainer):
         if not is_peft(target):  # a LoRA checkpoint holds the adapters, which peft loads
             reload_weights(target, resume_from_checkpoint)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # transformers before 5.24 loads the optimizer state onto args.device when several
+        # processes train, which on the CPU is torch.device("cpu:0"); torch 2.11 cannot restore
+        # storages to "cpu:0" (2.13 can), so a resumed multi-process CPU run died. On the CPU
+        # every such location is plain "cpu".
+        if checkpoint is None or self.args.device.type != "cpu":
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load = torch.load
+
+        def cpu_load(*args, **kwargs):
+            where = kwargs.get("map_location")
+            if isinstance(where, (str, torch.device)) and torch.device(where).type == "cpu":
+                kwargs["map_location"] = "cpu"
+            return load(*args, **kwargs)
+
+        torch.load = cpu_load
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = load
+
     def eval_model(self):
         """The trained module for a no-grad evaluation pass (eval mode, on the training
         device)."""

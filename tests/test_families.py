@@ -203,6 +203,26 @@ def test_a_gguf_file_imports_as_the_model_it_holds(tmp_path):
         assert torch.allclose(a(input_ids=ids).logits, b(input_ids=ids).logits, atol=1e-5)
 
 
+def test_a_gguf_tokenizer_that_drops_its_bos_gets_it_back(tmp_path):
+    """transformers before 5.24 (the GPU machine's 5.17) builds a byte-level GGUF vocabulary's
+    tokenizer without the BOS the file's tokenizer.ggml.add_bos_token asks for: simulated here
+    on any version by switching it off, then restored from the file's metadata."""
+    from transformers import AutoTokenizer
+
+    from exoflow.modeling import _gguf_special_tokens
+    from tests.helpers import write_llama_gguf
+
+    gguf = write_llama_gguf(make_family(tmp_path / "llama3", "llama3"), tmp_path / "tiny.gguf")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.add_bos_token = False
+    assert tok("Hello there")["input_ids"][0] != tok.bos_token_id  # the 5.17 tokenizer
+    _gguf_special_tokens(tok, gguf)
+    ids = tok("Hello there")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[1:] == tok("Hello there", add_special_tokens=False)["input_ids"]
+    tok.save_pretrained(tmp_path / "saved")  # and the imported folder keeps it
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved")("Hello there")["input_ids"] == ids
+
+
 def test_a_sequence_longer_than_the_models_positions_is_refused_by_the_dry_run(tmp_path):
     """GPT-2's n_positions = 128 under the tiny preset's max_len 256: the dry run refuses it,
     naming the key, the length and the model's limit; a GGUF model.init plans its import."""
