@@ -316,7 +316,7 @@ def _gguf_special_tokens(tok, path: Path) -> None:
         if want is None or token_id is None:
             continue
 
-        def adds():
+        def adds(token_id=token_id, at=at):
             ids = tok(probe, add_special_tokens=True)["input_ids"]
             return bool(ids) and ids[at] == token_id and \
                 tok(probe, add_special_tokens=False)["input_ids"][at:][:1] != [token_id]
