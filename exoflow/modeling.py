@@ -293,9 +293,9 @@ def import_gguf(gguf_file, out_dir) -> dict:
 
 def _gguf_special_tokens(tok, path: Path) -> None:
     """The BOS/EOS a text starts/ends with, as the GGUF file says (``tokenizer.ggml.add_bos_token``,
-    ``add_eos_token``): transformers before 5.24 drops the file's add_bos_token for byte-level
-    (``gpt2``) vocabularies, so a Llama-3-style model would silently train and sample without
-    the BOS it was pretrained with. Set where the loaded tokenizer disagrees, checked after;
+    ``add_eos_token``): transformers 5.17 (measured; 5.24 keeps it) drops the file's
+    add_bos_token for byte-level (``gpt2``) vocabularies, so a Llama-3-style model would
+    silently train and sample without the BOS it was pretrained with. Set where the loaded tokenizer disagrees, checked after;
     ModelLoadError where it cannot be made to agree."""
     try:
         from gguf import GGUFReader

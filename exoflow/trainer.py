@@ -216,10 +216,11 @@ class ExoTrainer(Trainer):
             reload_weights(target, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        # transformers before 5.24 loads the optimizer state onto args.device when several
-        # processes train, which on the CPU is torch.device("cpu:0"); torch 2.11 cannot restore
-        # storages to "cpu:0" (2.13 can), so a resumed multi-process CPU run died. On the CPU
-        # every such location is plain "cpu".
+        # transformers 5.17 loads the optimizer state onto args.device when several processes
+        # train (5.24 no longer does), which on the CPU is torch.device("cpu:0"); with torch
+        # 2.11 that load fails ("don't know how to restore ... cpu:0"), so a resumed
+        # multi-process CPU run died (measured with 5.17 + 2.11). On the CPU every such
+        # location is plain "cpu".
         if checkpoint is None or self.args.device.type != "cpu":
             return super()._load_optimizer_and_scheduler(checkpoint)
         load = torch.load
