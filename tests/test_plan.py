@@ -130,3 +130,24 @@ def test_rule_names_and_reserved_runs():
     assert rule_name("train_align", "a.b c") == "train_align_a_b_c"
     with pytest.raises(ValueError, match="reserved"):
         Plan(merged(TINY, {"align": {"runs": {"sft": {"loss": "exo-rw", "data": "rm_labels"}}}}))
+
+
+def test_smol_preset_aligns_at_its_validation_picks_and_its_grid_adds_each_lr():
+    """configs/smol_hh.yaml's lrs are the ones docs/RESULTS.md reports as picked on the
+    validation prompts; configs/smol_lr_grid.yaml over it trains every loss at 2e-5, 1e-4 and
+    5e-4 on its own data, beside the preset's four runs."""
+    smol = yaml.safe_load((ROOT / "configs" / "smol_hh.yaml").read_text())
+    grid = yaml.safe_load((ROOT / "configs" / "smol_lr_grid.yaml").read_text())
+    plan = Plan(merged(smol))
+    picked = {r: plan.run_params(r).lr for r in plan.align_runs()}
+    assert picked == {"exo-rw_nc2": 1e-4, "dpo-rw_nc2": 2e-5, "exo-pref_nc2": 1e-4,
+                      "dpo-pref_nc2": 1e-4}
+    plan = Plan(merged(smol, grid))
+    runs = plan.align_runs()
+    assert runs[:4] == list(picked)
+    swept = {r: (plan.run_params(r).loss, plan.run_params(r).data, plan.run_params(r).lr)
+             for r in runs[4:]}
+    assert sorted(swept.values()) == sorted(
+        (loss, "rm_labels" if loss.endswith("-rw") else "p2r", lr)
+        for loss in ("exo-rw", "dpo-rw", "exo-pref", "dpo-pref") for lr in (2e-5, 1e-4, 5e-4))
+    assert swept["exo-rw_nc2_lr0.0001"] == ("exo-rw", "rm_labels", 1e-4)
