@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import ExoflowError
 from .io import find_split_file
-from .modeling import ModelLoadError, check_model_dir
+from .modeling import ModelLoadError, check_model_dir, gguf_metadata
 from .plan import Plan
 
 __all__ = ["ConfigError", "check_across", "check_config", "check_model_init", "check_schema",
@@ -172,18 +172,11 @@ def model_positions(plan: Plan) -> tuple[int, str] | None:
 def gguf_positions(path: Path) -> tuple[int, str] | None:
     """``<architecture>.context_length`` of a GGUF file's metadata (None when the gguf
     package is missing or the key is)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
+    meta = gguf_metadata(path)
+    if meta is None:
         return None
-    reader = GGUFReader(str(path))
-
-    def value(key):
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    arch = value("general.architecture")
-    n = value(f"{arch}.context_length") if arch else None
+    arch = meta.get("general.architecture")
+    n = meta.get(f"{arch}.context_length") if arch else None
     return (int(n), f"{arch}.context_length = {int(n)} in {path}") if n else None
 
 

@@ -291,21 +291,41 @@ def import_gguf(gguf_file, out_dir) -> dict:
             "vocabulary": len(tok)}
 
 
+class GGUFMetadata:
+    """A GGUF file's metadata, read by key (``get``: the value, or None where the key is absent)."""
+
+    def __init__(self, path: Path):
+        from gguf import GGUFReader
+
+        self.fields = GGUFReader(str(path)).fields
+
+    def get(self, key: str):
+        f = self.fields.get(key)
+        return None if f is None else f.contents()
+
+
+def gguf_metadata(path: Path) -> GGUFMetadata | None:
+    """The metadata of the GGUF file at ``path``; None when the gguf package is missing."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return None
+    return GGUFMetadata(path)
+
+
 def _gguf_special_tokens(tok, path: Path) -> None:
     """The BOS/EOS a text starts/ends with, as the GGUF file says (``tokenizer.ggml.add_bos_token``,
     ``add_eos_token``): transformers 5.17 (measured; 5.24 keeps it) drops the file's
     add_bos_token for byte-level (``gpt2``) vocabularies, so a Llama-3-style model would
     silently train and sample without the BOS it was pretrained with. Set where the loaded tokenizer disagrees, checked after;
     ModelLoadError where it cannot be made to agree."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
+    meta = gguf_metadata(path)
+    if meta is None:
         return
-    fields = GGUFReader(str(path)).fields
 
     def flag(key):
-        f = fields.get(key)
-        return None if f is None else bool(f.contents())
+        v = meta.get(key)
+        return None if v is None else bool(v)
 
     probe = "Hello there"
     for key, attr, token_id, at in (("tokenizer.ggml.add_bos_token", "add_bos_token",

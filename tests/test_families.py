@@ -204,7 +204,7 @@ def test_a_gguf_file_imports_as_the_model_it_holds(tmp_path):
 
 
 def test_a_gguf_tokenizer_that_drops_its_bos_gets_it_back(tmp_path):
-    """transformers before 5.24 (the GPU machine's 5.17) builds a byte-level GGUF vocabulary's
+    """transformers 5.17 (the GPU machine's; 5.24 does not) builds a byte-level GGUF vocabulary's
     tokenizer without the BOS the file's tokenizer.ggml.add_bos_token asks for: simulated here
     on any version by switching it off, then restored from the file's metadata."""
     from transformers import AutoTokenizer
