@@ -105,33 +105,23 @@ def test_a_shared_turn_with_extra_spaces_is_shared():
 
 
 def test_the_shared_real_sample_has_the_counts_the_readme_states():
-    """On the 2,312 real raw pairs of ../shared/hh-rlhf-sample (README, "Real HH"): 4 dropped
-    (empty response), 48 kept pairs with a glued turn marker rewritten (43 train, 5 test), 26 with
-    a shared Assistant turn that starts with extra spaces, kept shared (21 train, 5 test)."""
-    import gzip
-    import json
-    from collections import Counter
-
+    """On the 2,312 real raw pairs of ../shared/hh-rlhf-sample (README, "Real HH"), read and
+    preprocessed as the data stage does (its stats.json): 4 dropped (empty response), 48 kept
+    pairs with a glued turn marker rewritten (43 train, 5 test), 26 with a shared Assistant turn
+    that starts with extra spaces, kept shared in the prompt (21 train, 5 test)."""
+    from exoflow.data import iter_local, preprocess
     from tests.helpers import HH_SAMPLE
 
     if not (HH_SAMPLE / "train.jsonl.gz").exists():
         pytest.skip(f"no real HH sample at {HH_SAMPLE}")
     got = {}
     for split in ("train", "test"):
-        counts, spaced, kept = Counter(), 0, 0
-        with gzip.open(HH_SAMPLE / f"{split}.jsonl.gz", "rt") as f:
-            for line in f:
-                row = json.loads(line)
-                try:
-                    pair = hh.to_pair(row["chosen"], row["rejected"], counts)
-                except hh.Dropped as e:
-                    counts[e.reason] += 1
-                    continue
-                kept += 1
-                turns = hh.split_turns(row["chosen"])
-                shared = pair["prompt"].count("\n\nAssistant:") - 1  # the prompt's own turns
-                spaced += any(t.text.startswith("  ") for t in
-                              [t for t in turns if t.role == hh.ASSISTANT][:shared])
-        got[split] = (kept, dict(counts), spaced)
-    assert got == {"train": (1996, {"glued_markers": 43, "empty_response": 4}, 21),
-                   "test": (312, {"glued_markers": 5}, 5)}
+        pairs, stats = preprocess(iter_local(str(HH_SAMPLE), split, "error"))
+        spaced = sum(any(t.role == hh.ASSISTANT and t.text.startswith("  ")
+                         for t in hh.split_turns(p["prompt"])) for p in pairs)
+        got[split] = (stats.as_dict(), spaced)
+    assert got == {
+        "train": ({"read": 2000, "kept": 1996, "dropped": {"empty_response": 4},
+                   "subsampled_out": 0, "rewritten": {"glued_markers": 43}}, 21),
+        "test": ({"read": 312, "kept": 312, "dropped": {}, "subsampled_out": 0,
+                  "rewritten": {"glued_markers": 5}}, 5)}
