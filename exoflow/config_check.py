@@ -172,11 +172,11 @@ def model_positions(plan: Plan) -> tuple[int, str] | None:
 def gguf_positions(path: Path) -> tuple[int, str] | None:
     """``<architecture>.context_length`` of a GGUF file's metadata (None when the gguf
     package is missing or the key is)."""
-    meta = gguf_metadata(path)
-    if meta is None:
+    get = gguf_metadata(path)
+    if get is None:
         return None
-    arch = meta.get("general.architecture")
-    n = meta.get(f"{arch}.context_length") if arch else None
+    arch = get("general.architecture")
+    n = get(f"{arch}.context_length") if arch else None
     return (int(n), f"{arch}.context_length = {int(n)} in {path}") if n else None
 
 

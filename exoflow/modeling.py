@@ -291,26 +291,20 @@ def import_gguf(gguf_file, out_dir) -> dict:
             "vocabulary": len(tok)}
 
 
-class GGUFMetadata:
-    """A GGUF file's metadata, read by key (``get``: the value, or None where the key is absent)."""
-
-    def __init__(self, path: Path):
-        from gguf import GGUFReader
-
-        self.fields = GGUFReader(str(path)).fields
-
-    def get(self, key: str):
-        f = self.fields.get(key)
-        return None if f is None else f.contents()
-
-
-def gguf_metadata(path: Path) -> GGUFMetadata | None:
-    """The metadata of the GGUF file at ``path``; None when the gguf package is missing."""
+def gguf_metadata(path: Path):
+    """``get(key)`` over the metadata of the GGUF file at ``path`` (the value, or None where the
+    key is absent); None when the gguf package is missing."""
     try:
-        import gguf  # noqa: F401
+        from gguf import GGUFReader
     except ImportError:
         return None
-    return GGUFMetadata(path)
+    fields = GGUFReader(str(path)).fields
+
+    def get(key: str):
+        f = fields.get(key)
+        return None if f is None else f.contents()
+
+    return get
 
 
 def _gguf_special_tokens(tok, path: Path) -> None:
@@ -319,12 +313,12 @@ def _gguf_special_tokens(tok, path: Path) -> None:
     add_bos_token for byte-level (``gpt2``) vocabularies, so a Llama-3-style model would
     silently train and sample without the BOS it was pretrained with. Set where the loaded tokenizer disagrees, checked after;
     ModelLoadError where it cannot be made to agree."""
-    meta = gguf_metadata(path)
-    if meta is None:
+    get = gguf_metadata(path)
+    if get is None:
         return
 
     def flag(key):
-        v = meta.get(key)
+        v = get(key)
         return None if v is None else bool(v)
 
     probe = "Hello there"
