@@ -223,6 +223,24 @@ def test_a_gguf_tokenizer_that_drops_its_bos_gets_it_back(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "saved")("Hello there")["input_ids"] == ids
 
 
+def test_a_gguf_files_positions_are_read_from_its_metadata(tmp_path):
+    """The dry run's limit for a GGUF model.init is the file's <arch>.context_length (were the
+    metadata read as absent, the check would pass silently), and a max_len beyond it is refused
+    naming the key and the file."""
+    from exoflow.config_check import ConfigError, check_positions, gguf_positions
+    from exoflow.plan import Plan
+    from tests.helpers import write_llama_gguf
+    from tests.test_plan import TINY, merged
+
+    gguf = write_llama_gguf(make_family(tmp_path / "llama3", "llama3", positions=128),
+                            tmp_path / "m.gguf")
+    assert gguf_positions(gguf) == (128, f"llama.context_length = 128 in {gguf}")
+    plan = Plan(merged(TINY, {"model": {"init": str(gguf)}}))
+    with pytest.raises(ConfigError, match=r"exceeds the model's 128 positions "
+                                          r"\(llama\.context_length = 128 in "):
+        check_positions(plan)
+
+
 def test_a_sequence_longer_than_the_models_positions_is_refused_by_the_dry_run(tmp_path):
     """GPT-2's n_positions = 128 under the tiny preset's max_len 256: the dry run refuses it,
     naming the key, the length and the model's limit; a GGUF model.init plans its import."""
