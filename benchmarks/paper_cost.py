@@ -12,8 +12,8 @@ Assumptions (printed with the result):
   train pairs, with the byte-level BPE trained on it, vocab 4,096 — coarser than Pythia's
   50k vocabulary, so token counts are over-estimated, by ~chars/token ratio printed below);
 * config.yaml: max_len 512 / max_gen_len 200 everywhere; SFT 1 epoch (micro 8), RM 1 epoch
-  (micro 4 pairs), SFT samples 2 per prompt for train and test prompts (batch 32 prompts,
-  max_new_tokens 200), 4 alignment runs x 180 steps x 64 prompts x 2 (micro 16 prompts),
+  (micro 8 pairs), SFT samples 2 per prompt for train and test prompts (batch 32 prompts,
+  max_new_tokens 200), 4 alignment runs x 175 steps x 128 prompts x 2 (micro 8 prompts),
   eval: 4 runs x 10 checkpoints + the SFT model, 512 test prompts x 4 samples (batch 32
   prompts), RM score + KL (policy and SFT log-probs of each sample); gradient checkpointing on
   (training = 8N FLOPs/token: forward, recomputed forward, backward);
@@ -24,8 +24,9 @@ Assumptions (printed with the result):
   --bw-eff x --hbm-tbs TB/s, or is FLOP bound, whichever is slower; a generate call runs until
   its longest row stops (max_new_tokens = 200 steps assumed, the mean useful response length
   is the measured one);
-* padding: training batches are length-grouped and padded to their longest sequence (exoflow;
-  random batches shown for comparison) vs padded to max_len (the original scripts); the expected longest of a micro-batch is
+* padding: training batches are length-grouped and padded to their longest sequence (exoflow's
+  group_by_length, on in the presets; config.yaml draws random batches as the original does,
+  shown for comparison) vs padded to max_len (the original scripts); the expected longest of a micro-batch is
   estimated by sampling micro-batches from the measured length distribution (seeded);
   inference (reference cache, scoring, prefill) is length-sorted in exoflow.
 """
@@ -140,14 +141,14 @@ def main(argv=None):
         return (prefill + calls * decode) / 3600
 
     stages = []
-    # SFT: 1 epoch of chosen responses, micro 8; RM: pairs, micro 4 (8 sequences). exoflow's
+    # SFT: 1 epoch of chosen responses, micro 8; RM: pairs, micro 8 (16 sequences). exoflow's
     # batches are length-grouped (about as wide as length-sorted ones); random batches padded to
     # their longest are printed for comparison
-    T_sft_rand, T_rm_rand = expected_max(seq_c, 8), expected_max(seq_rm, 8)
+    T_sft_rand, T_rm_rand = expected_max(seq_c, 8), expected_max(seq_rm, 16)
     T_sft = sorted_padded(seq_c, 8)
     stages.append(("train_sft", hours(train_fl(TRAIN_PAIRS * T_sft, T_sft)),
                    hours(train_fl(TRAIN_PAIRS * MAX_LEN, MAX_LEN))))
-    T_rm = sorted_padded([max(a, b) for a, b in zip(seq_rm[::2], seq_rm[1::2]) for _ in (0, 1)], 8)
+    T_rm = sorted_padded([max(a, b) for a, b in zip(seq_rm[::2], seq_rm[1::2]) for _ in (0, 1)], 16)
     stages.append(("train_rm", hours(train_fl(2 * TRAIN_PAIRS * T_rm, T_rm)),
                    hours(train_fl(2 * TRAIN_PAIRS * MAX_LEN, MAX_LEN))))
     sft_rm_random = hours(train_fl(TRAIN_PAIRS * T_sft_rand, T_sft_rand)) + \
@@ -161,15 +162,15 @@ def main(argv=None):
     T_ref = sorted_padded(seq_pair, 32)
     ref_all = hours(fwd_fl(2 * 2 * TRAIN_PAIRS * T_ref, T_ref))  # p2r + rm_labels, K=2
     stages.append(("precompute_ref (2 data sets, all records)", ref_all, None))
-    steps, prompts = 180, 64
-    T_al = expected_max(seq_pair, 32)  # random micro-batches of 16 prompts x 2
+    steps, prompts = 175, 128
+    T_al = expected_max(seq_pair, 16)  # random micro-batches of 8 prompts x 2
     al_tokens = 4 * steps * prompts * 2 * T_al
     al_random = hours(train_fl(al_tokens, T_al))
     al_ref_online = hours(fwd_fl(al_tokens, T_al))
     # exoflow: length-grouped batches (megabatches of 50 batches sorted by length, so a
     # micro-batch is about as wide as a length-sorted one) and the LM head (8 V d per token with
     # recompute) only at the response positions
-    T_grp = sorted_padded(seq_pair, 32)
+    T_grp = sorted_padded(seq_pair, 16)
     n_seq = 4 * steps * prompts * 2
     al_pol = hours(train_fl(n_seq * T_grp, T_grp) - 8 * N_HEAD * n_seq * (T_grp - resp_mean))
     al_pad = hours(train_fl(4 * steps * prompts * 2 * MAX_LEN, MAX_LEN)) + \
@@ -194,7 +195,7 @@ def main(argv=None):
           f"here are ~{4 / cpt:.1f}x high): prompt {mean(pl):.0f}, chosen {mean(cl):.0f}, rejected "
           f"{mean(rl):.0f} tokens (means, untruncated); truncated sequence (prompt+response+EOS) "
           f"{mean(seq_pair):.0f}; mean response {resp_mean:.0f}")
-    print(f"# padded width: random micro-batches: SFT 8 {T_sft_rand:.0f}, RM 8 {T_rm_rand:.0f}, align 32 "
+    print(f"# padded width: random micro-batches: SFT 8 {T_sft_rand:.0f}, RM 16 {T_rm_rand:.0f}, align 16 "
           f"sequences {T_al:.0f} (expected longest, vs {MAX_LEN}); length-grouped/sorted: SFT "
           f"{T_sft:.0f}, RM {T_rm:.0f} (each pair padded to its longer), align {T_grp:.0f}, "
           f"inference {T_ref:.0f} (real mean {mean(seq_pair):.0f})")
@@ -205,12 +206,12 @@ def main(argv=None):
     print(C.fmt_table(["stage", "GPU-h (exoflow)", "share", "GPU-h padded to max_len (+ online ref for align)",
                        "ratio"], rows))
     print()
-    used = 2 * steps * prompts * 2  # records the runs actually visit: 2 data sets x 11,520 prompts x K
+    used = 2 * steps * prompts * 2  # records the runs actually visit: 2 data sets x 22,400 prompts x K
     ref_used = hours(fwd_fl(used * T_ref, T_ref))
     print(C.fmt_table(["reference log-probs at paper scale", "GPU-h"], [
         ["online: reference forward in every step of the 4 runs", f"{al_ref_online:.1f}"],
         ["cache over every record of both data sets (exoflow now)", f"{ref_all:.1f}"],
-        ["cache over the records the runs visit (180 x 64 per data set)", f"{ref_used:.1f}"],
+        ["cache over the records the runs visit (175 x 128 per data set)", f"{ref_used:.1f}"],
     ]))
     print(f"# the runs visit {steps * prompts:,} of {TRAIN_PAIRS:,} prompts per data set; the cache "
           f"also drops the second 2.8B model (5.6 GB bf16 per GPU) from every alignment job")

@@ -19,8 +19,10 @@ frozen) or, with ``precompute_ref: false``, from the reference model run in ever
 ``no_grad``; with LoRA (``model.lora``) that reference is the policy itself with its adapters
 disabled (:mod:`exoflow.lora`), not a second copy.
 
-Checkpoints: ``ckpt<k>`` (k = 1..max_steps // save_every) at optimizer step k·save_every, each a
-``save_pretrained`` folder with ``exoflow_params.json``. They are written into the work folder
+Checkpoints: ``ckpt<k>`` at the optimizer steps :func:`exoflow.schedule.checkpoint_schedule` gives
+(k·save_every, or the original's micro-step counter with ``saves_per_epoch``), each a
+``save_pretrained`` folder with ``exoflow_params.json``, which records the checkpoint's step,
+epoch fraction and the learning rate its last step applied (read from the optimizer). They are written into the work folder
 while training (Snakemake deletes a failed job's outputs, and a resumed run must still have the
 checkpoints before its resume point), then moved into the output folder at the end, beside
 ``metrics.json`` (:mod:`exoflow.recipe`; its ``loss_curve`` has the loss's metrics per step).
@@ -44,7 +46,8 @@ from .modeling import load_causal_lm
 from .params import AlignParams
 from .recipe import METRICS_FILE, Recipe
 from .refcache import load_ref_cache
-from .runtime import reference_dtype, reference_precision
+from .runtime import reference_dtype, reference_precision, world_size
+from .schedule import checkpoint_schedule, lr_horizon_steps
 from .trainer import ExoTrainer
 from .workdir import (
     checkpoint_step,
@@ -176,23 +179,33 @@ def _ckpt_dirs(folder: Path) -> list[Path]:
 
 
 class SaveAlignCheckpoints(TrainerCallback):
-    """``<work_dir>/ckpt<k>`` at step k·save_every; a folder appears only when complete."""
+    """``<work_dir>/ckpt<k>`` at the planned steps (``recipe.schedule``); a folder appears only
+    when complete. Each records its step, epoch fraction and the learning rate its last
+    optimizer step applied, as the optimizer had it when that step began."""
 
     def __init__(self, recipe: AlignRecipe):
         self.recipe = recipe
+        self.step_lr: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_lr = float(self.recipe.trainer._get_learning_rate())
 
     def on_step_end(self, args, state, control, **kwargs):
-        params, work_dir, trainer = self.recipe.params, self.recipe.work_dir, self.recipe.trainer
+        work_dir, trainer = self.recipe.work_dir, self.recipe.trainer
         step = state.global_step
-        if step % params.save_every or step // params.save_every > params.num_checkpoints:
-            return
-        k = step // params.save_every
+        for c in self.recipe.schedule:
+            if c.step == step:
+                self._save(c, step, trainer, work_dir)
+
+    def _save(self, c, step, trainer, work_dir):
+        k = c.k
         dest, tmp = work_dir / f"ckpt{k}", work_dir / f".ckpt{k}.tmp"
         main = trainer.accelerator.is_main_process
         if main and tmp.exists():
             shutil.rmtree(tmp)
         save_model(trainer, self.recipe.tokenizer, tmp,
-                   dict(self.recipe.stamp(), checkpoint=k, step=step))
+                   dict(self.recipe.stamp(), checkpoint=k, step=step, epoch=c.epoch,
+                        lr=self.step_lr, micro_step=c.micro_step))
         if main:
             if dest.exists():
                 shutil.rmtree(dest)
@@ -236,13 +249,21 @@ class AlignRecipe(Recipe):
             self.train_records, self.params.num_contrastive, str(self.train_file), lines=lines)
         self.degenerate = degenerate_groups(self.train_records, self.params.num_contrastive,
                                             str(self.train_file))
+        n, procs, where = len(self.train_records), world_size(), f"train_align {self.out_dir.name}"
+        self.schedule = checkpoint_schedule(self.params, n, procs, where)
+        self.lr_horizon = lr_horizon_steps(self.params, n, procs)
+        print(f"[exoflow] {where}: {n} prompts, {procs} process(es); checkpoints at optimizer "
+              f"steps {[c.step for c in self.schedule]} of {self.params.max_steps}; the "
+              f"{self.params.lr_scheduler} schedule decays over {self.lr_horizon} steps",
+              flush=True)
         self.ref_logps = None
         if self.ref_cache is not None:
             p = self.params
             self.ref_logps = load_ref_cache(
                 self.ref_cache, data_file=self.train_file, reference=self.reference,
                 temp=p.temp, max_len=p.max_len, max_gen_len=p.max_gen_len, code=self.ref_code,
-                dtype=reference_dtype(self.rt), records=self.train_records, lines=lines)
+                dtype=reference_dtype(self.rt), records=self.train_records, lines=lines,
+                eos_after_cut=p.eos_after_cut)
 
     def load_model(self):
         return load_causal_lm(self.base, dtype="fp32")  # mixed precision keeps fp32 masters
@@ -260,8 +281,9 @@ class AlignRecipe(Recipe):
         return model.requires_grad_(False)
 
     def encode(self, records):
-        return encode_align(self.tokenizer, records, self.params.max_len,
-                            self.params.max_gen_len, self.ref_logps)
+        p = self.params
+        return encode_align(self.tokenizer, records, p.max_len, p.max_gen_len, self.ref_logps,
+                            eos_after_cut=p.eos_after_cut)
 
     def collator(self):
         return AlignCollator(self.tokenizer.pad_token_id)
@@ -274,7 +296,8 @@ class AlignRecipe(Recipe):
 
     def trainer_kwargs(self):
         self.ref_model = self.reference_model()
-        return {"align_params": self.params, "ref_model": self.ref_model}
+        return {"align_params": self.params, "ref_model": self.ref_model,
+                "lr_horizon": self.lr_horizon}
 
     def stamp(self):
         ref = ("cache" if self.ref_logps is not None else ADAPTERS_DISABLED
@@ -285,7 +308,7 @@ class AlignRecipe(Recipe):
     def before_train(self, trainer):
         """Drop what a resume cannot use: ``ckpt<k>`` folders made with other parameters, and
         Trainer checkpoints past a ``ckpt<k>`` that is missing (it would never be re-made)."""
-        work, p = self.work_dir, self.params
+        work = self.work_dir
         work.mkdir(parents=True, exist_ok=True)
         if stamp_differs(work, self.stamp()):
             for d in _ckpt_dirs(work):
@@ -293,9 +316,8 @@ class AlignRecipe(Recipe):
             return  # run_trainer drops the Trainer checkpoints too
         last = last_checkpoint(work)
         if last:
-            missing = [k for k in range(1, min(checkpoint_step(last) // p.save_every,
-                                               p.num_checkpoints) + 1)
-                       if not (work / f"ckpt{k}" / "config.json").exists()]
+            missing = [c.k for c in self.schedule if c.step <= checkpoint_step(last)
+                       and not (work / f"ckpt{c.k}" / "config.json").exists()]
             if missing:
                 print(f"[exoflow] {work}: ckpt{missing[0]} is missing before {last}; starting "
                       "over", flush=True)
@@ -303,7 +325,9 @@ class AlignRecipe(Recipe):
 
     def evaluate(self, trainer):
         return {"num_candidates": self.num_candidates, **self.degenerate,
-                "checkpoint_steps": self.params.checkpoint_steps(),
+                "checkpoint_steps": [c.step for c in self.schedule],
+                "checkpoints": [c.to_dict() for c in self.schedule],
+                "lr_horizon_steps": self.lr_horizon,
                 "ref_logps": self.stamp()["ref_logps"]}
 
     def finish(self, trainer, metrics):

@@ -64,13 +64,14 @@ def check_num_candidates(records, num_contrastive: int, source: str = "alignment
     return k
 
 
-def encode_align(tokenizer, records, max_len: int, max_gen_len: int, ref_logps=None) -> list[dict]:
+def encode_align(tokenizer, records, max_len: int, max_gen_len: int, ref_logps=None,
+                 eos_after_cut: bool = True) -> list[dict]:
     """One feature per prompt: ``input_ids`` (K lists), ``n_prompt`` (K ints), ``rewards``
     (K floats) and, when given (one list of K per record), ``ref_logps``."""
     out = []
     for i, r in enumerate(records):
-        enc = [encode_pair(tokenizer, r["prompt"], y, max_len, max_gen_len, add_eos=True)
-               for y in r["completions"]]
+        enc = [encode_pair(tokenizer, r["prompt"], y, max_len, max_gen_len, add_eos=True,
+                           eos_after_cut=eos_after_cut) for y in r["completions"]]
         f = {"input_ids": [e.input_ids for e in enc], "n_prompt": [e.n_prompt for e in enc],
              "rewards": [float(x) for x in r["rewards"]]}
         if ref_logps is not None:

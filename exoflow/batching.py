@@ -17,7 +17,9 @@ evaluation), in the model's own tokenizer conventions:
   left-truncated (after its BOS) so that the whole fits in ``max_len`` (the end of the dialogue
   matters most);
 * ``add_eos`` appends EOS after the response (SFT and log-probs: the model learns to stop;
-  not for the RM, whose head reads the last response token);
+  not for the RM, whose head reads the last response token): after the cut to
+  ``max_gen_len`` (``eos_after_cut``, exoflow's), or before it as the original code does, so
+  that a response of ``max_gen_len`` tokens or more has no EOS;
 * padding uses the tokenizer's pad token (or EOS: :func:`exoflow.modeling.load_tokenizer`),
   never a new token; a batch is padded to its own longest sequence, never to ``max_len``;
 * ``loss_mask`` is 1 on response tokens (EOS included), 0 on BOS, prompt and padding.
@@ -88,13 +90,21 @@ def response_ids(tokenizer, prompt_ids: list[int], prompt: str, response: str) -
 
 
 def encode_pair(tokenizer, prompt: str, response: str, max_len: int, max_gen_len: int,
-                add_eos: bool) -> Encoded:
+                add_eos: bool, eos_after_cut: bool = True) -> Encoded:
+    """``prompt + response (+ EOS)`` in the layout of the module docstring. ``eos_after_cut``
+    (with ``add_eos``): EOS follows the response cut to ``max_gen_len`` (every sequence ends
+    in EOS); False: EOS is appended before the cut, as the original code does, so a response of
+    ``max_gen_len`` tokens or more keeps ``max_gen_len`` tokens and no EOS."""
     bos = bos_ids(tokenizer)
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = response_ids(tokenizer, p, prompt, response)[:max_gen_len]
+    r = response_ids(tokenizer, p, prompt, response)
     if bos and p[:1] == bos:  # the prompt spells the BOS token itself: still once
         p = p[1:]
-    if add_eos:
+    if add_eos and not eos_after_cut:
+        r = (r + [tokenizer.eos_token_id])[:max_gen_len]
+    else:
+        r = r[:max_gen_len]
+    if add_eos and eos_after_cut:
         r = r + [tokenizer.eos_token_id]
     r = r[:max(max_len - len(bos), 0)]  # only when the response fills max_len by itself
     keep = max(max_len - len(r) - len(bos), 0)

@@ -104,8 +104,10 @@ def check_across(plan: Plan) -> None:
         if c.eval.checkpoints > p.num_checkpoints:
             raise ConfigError(
                 f"eval.checkpoints = {c.eval.checkpoints} but run {run} has "
-                f"{p.num_checkpoints} checkpoint(s) ({where}: max_steps {p.max_steps} / "
-                f"save_every {p.save_every}); lower eval.checkpoints or save more often")
+                f"{p.num_checkpoints} checkpoint(s) ({where}: "
+                + (f"max_steps {p.max_steps} / save_every {p.save_every}"
+                   if p.save_every is not None else f"checkpoints {p.checkpoints}")
+                + "); lower eval.checkpoints or save more often")
     if c.eval.select_by == "gold" and c.data.source != "synthetic":
         raise ConfigError(f"eval.select_by = gold needs the synthetic source (data.source is "
                           f"{c.data.source}: no gold reward); use reward or win_rate")

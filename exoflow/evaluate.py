@@ -18,13 +18,14 @@ same seed for every checkpoint, see ``exoflow.sampling``):
     (``logps.model_pair_stats``): its mean is an unbiased, non-negative, low-variance estimate
     of the sequence-level KL between the tempered policies (tested against brute-force
     enumeration in tests/test_kl.py);
-  - ``kl``: the original scripts' estimator, the mean of ``log pi(y|x) - log pi_SFT(y|x)`` at
+  - ``kl``: the plain Monte-Carlo estimate, the mean of ``log pi(y|x) - log pi_SFT(y|x)`` at
     temperature 1 on samples drawn at ``eval.temperature``: not a KL of anything the samples
     are drawn from, and it can come out negative, notably for checkpoints that barely moved.
-    Kept for comparison with the paper.
+    (The original code computes a KL only in its IMDB experiment, with this estimator at
+    temperature 0.8; for HH it computes none: docs/DIFFERENCES.md.)
 
   Both on the whole re-tokenised completion with EOS appended; the prompt keeps the
-  ``eval.max_len`` tokens it had when sampling. A checkpoint folder equal to the SFT folder
+  ``eval.max_prompt_len`` tokens it had when sampling. A checkpoint folder equal to the SFT folder
   gets exactly 0 without a forward pass.
 * **length**: mean response length in tokens (the SFT tokenizer, no truncation) and in
   characters: the real-HH RM is close to "shorter answer wins", so length is reported
@@ -34,7 +35,7 @@ same seed for every checkpoint, see ``exoflow.sampling``):
 
 ``reward.json`` of a checkpoint::
 
-    {"kind": "checkpoint", "run", "ckpt", "step", "num_prompts", "num_return",
+    {"kind": "checkpoint", "run", "ckpt", "step", "epoch", "lr", "num_prompts", "num_return",
      "reward": {mean, std, count, ci95_low, ci95_high},
      "sft_reward": {...},            # the SFT samples' RM reward on the same prompts
      "win_rate", "win": {...},       # the mean of the pair scores, and their summary
@@ -65,7 +66,7 @@ Example::
                     "models/rm", "models/sft", "models/align/exo-rw_nc2/ckpt1",
                     "eval/exo-rw_nc2/ckpt1/reward.json", "eval/exo-rw_nc2/ckpt1/rewards.jsonl",
                     run="exo-rw_nc2", ckpt=1, step=20,
-                    scoring=EvalParams(max_len=256, score_batch_size=64),
+                    scoring=EvalParams(max_prompt_len=256, score_batch_size=64),
                     rm_layout=LayoutParams(max_len=256, max_gen_len=64), gold=True)
 """
 
@@ -79,7 +80,7 @@ from pathlib import Path
 
 from .batching import response_ids
 from .errors import check_finite
-from .io import RecordError, iter_records, read_numbered, write_json, write_records
+from .io import RecordError, iter_records, read_json, read_numbered, write_json, write_records
 from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
 from .params import LayoutParams, SampleParams
@@ -87,6 +88,7 @@ from .rewards import load_scorer, score_texts
 from .runtime import default_device
 from .stats import flatten, reshape, summarize
 from .synthetic import gold_rewards
+from .workdir import PARAMS_FILE
 
 # ---- pure aggregation ------------------------------------------------------------------
 
@@ -161,7 +163,24 @@ def kl_estimate(logps: list[list[float]], sft_logps: list[list[float]]) -> float
     return statistics.fmean(flat)
 
 
-def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int) -> dict:
+def checkpoint_position(policy_dir, sft_dir) -> dict:
+    """``{"step", "epoch", "lr"}`` of a checkpoint, as the training job recorded them in its
+    ``exoflow_params.json`` (the plan cannot know them: with ``saves_per_epoch`` they depend on
+    the data size); the SFT model is step 0, epoch 0, no lr."""
+    if _same_folder(policy_dir, sft_dir):
+        return {"step": 0, "epoch": 0.0, "lr": None}
+    path = Path(policy_dir) / PARAMS_FILE
+    try:
+        stamp = read_json(path)
+        return {"step": int(stamp["step"]), "epoch": stamp.get("epoch"), "lr": stamp.get("lr")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RecordError(f"{path}: no checkpoint step recorded ({type(e).__name__}: {e}); the "
+                          "folder is not an alignment checkpoint that exoflow wrote: delete it "
+                          "and run snakemake again") from None
+
+
+def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int,
+                         epoch: float | None = None, lr: float | None = None) -> dict:
     """``reward.json`` from the per-prompt records of ``rewards.jsonl`` (see the module)."""
     if not records:
         raise RecordError("no records to summarize")
@@ -172,6 +191,7 @@ def summarize_checkpoint(records: list[dict], *, run: str, ckpt: int, step: int)
     texts = [r["completions"] for r in records]
     out = {
         "kind": "checkpoint", "run": run, "ckpt": int(ckpt), "step": int(step),
+        "epoch": epoch, "lr": lr,
         "num_prompts": len(records),
         "num_return": max(len(c) for c in texts),
         "reward": summarize(flatten(rewards)),
@@ -204,7 +224,7 @@ def _lm_logps(model_dir, prompts, completions, params: SampleParams, dtype, devi
     model = load_causal_lm(str(model_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
     out = text_logps(model, tok, prompts, completions,
-                           max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
+                           max_len=params.max_prompt_len + max_gen_len + 1, max_gen_len=max_gen_len,
                            batch_size=params.score_batch_size, temperature=1.0)
     print(f"log-probs of {sum(map(len, completions))} samples under {model_dir} "
           f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -221,7 +241,7 @@ def _pair_stats(policy_dir, sft_dir, prompts, completions, params: SampleParams,
     sft = load_causal_lm(str(sft_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
     out = text_pair_stats(policy, sft, tok, prompts, completions,
-                          max_len=params.max_len + max_gen_len + 1, max_gen_len=max_gen_len,
+                          max_len=params.max_prompt_len + max_gen_len + 1, max_gen_len=max_gen_len,
                           batch_size=params.score_batch_size,
                           kl_temperature=params.temperature or 1.0)
     print(f"log-probs and exact KL of {sum(map(len, completions))} samples under {policy_dir} "
@@ -312,7 +332,7 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
 
 
 def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
-                    summary_json, rewards_file, *, run: str, ckpt: int, step: int,
+                    summary_json, rewards_file, *, run: str, ckpt: int,
                     scoring: SampleParams, rm_layout: LayoutParams, gold: bool,
                     dtype: str | None = None, device: str | None = None) -> dict:
     """Evaluate one checkpoint's samples; write ``rewards_file`` and ``summary_json``
@@ -330,7 +350,8 @@ def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
                                sft_dir=sft_dir, policy_dir=policy_dir, scoring=scoring,
                                rm_layout=rm_layout, gold=gold,
                                dtype=dtype, device=device)
-    summary = summarize_checkpoint(records, run=run, ckpt=ckpt, step=step)
+    summary = summarize_checkpoint(records, run=run, ckpt=ckpt,
+                                   **checkpoint_position(policy_dir, sft_dir))
     Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
     write_records(rewards_file, records)
     write_json(summary_json, summary)

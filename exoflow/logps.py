@@ -220,7 +220,7 @@ def model_pair_stats(policy, reference, input_ids: Tensor, attention_mask: Tenso
 
 
 def _over_texts(tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
-                score, progress, desc, n_out: int = 1):
+                score, progress, desc, n_out: int = 1, eos_after_cut: bool = True):
     """``score(batch)``, a (S,) tensor or a tuple of ``n_out`` of them, over every (prompt,
     completion) in the alignment layout, in length-sorted right-padded batches; each result
     has the shape of ``completions`` (a tuple of them when ``n_out`` > 1)."""
@@ -229,8 +229,8 @@ def _over_texts(tokenizer, prompts, completions, max_len, max_gen_len, batch_siz
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
     flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
-    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True)
-             for i, c in flat]
+    items = [encode_pair(tokenizer, prompts[i], c, max_len, max_gen_len, add_eos=True,
+                         eos_after_cut=eos_after_cut) for i, c in flat]
     values = [[0.0] * len(items) for _ in range(n_out)]
     for idx in tqdm(length_sorted_batches([len(x) for x in items], batch_size),
                     desc=desc, unit="batch", disable=not progress):
@@ -252,7 +252,7 @@ def _over_texts(tokenizer, prompts, completions, max_len, max_gen_len, batch_siz
 def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]],
                max_len: int, max_gen_len: int, batch_size: int, temperature: float = 1.0,
                amp_dtype=None, progress: bool = False,
-               desc: str = "log-probs") -> list[list[float]]:
+               desc: str = "log-probs", eos_after_cut: bool = True) -> list[list[float]]:
     """Summed log-prob of each completion given its prompt, EOS included: the one function
     behind the reference log-prob cache (:mod:`exoflow.refcache`, at the alignment τ) and the
     log-ratio KL estimate of the evaluation (:mod:`exoflow.evaluate`, at τ = 1).
@@ -270,7 +270,8 @@ def text_logps(model, tokenizer, prompts: list[str], completions: list[list[str]
         return _over_texts(
             tokenizer, prompts, completions, max_len, max_gen_len, batch_size, device,
             lambda b: model_response_logps(model, b["input_ids"], b["attention_mask"],
-                                           b["loss_mask"], temperature), progress, desc)
+                                           b["loss_mask"], temperature), progress, desc,
+            eos_after_cut=eos_after_cut)
 
 
 def text_pair_stats(policy, reference, tokenizer, prompts: list[str],

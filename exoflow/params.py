@@ -491,7 +491,18 @@ class TrainParams(OptimParams):
 
 
 @dataclass(kw_only=True)
-class SFTParams(TrainParams):
+class ResponseEOS(Section):
+    """Where EOS goes when a response is cut (the stages that train on EOS: SFT, alignment and
+    its reference log-probs; the RM's head reads the last response token, never an EOS)."""
+
+    eos_after_cut: bool = param(True, "Append EOS after the response is cut to max_gen_len, so "
+                                "every sequence ends in EOS; false: append it before the cut, "
+                                "as the original, so a response of max_gen_len tokens or more "
+                                "has none.")
+
+
+@dataclass(kw_only=True)
+class SFTParams(TrainParams, ResponseEOS):
     SECTION: ClassVar[str] = "sft"
 
 
@@ -501,16 +512,31 @@ class RMParams(TrainParams):
 
 
 @dataclass(kw_only=True)
-class AlignParams(OptimParams):
+class AlignParams(OptimParams, ResponseEOS):
     """One alignment run: ``align.defaults`` updated with the run's entry."""
 
     SECTION: ClassVar[str] = "align.defaults"
     loss: str = param(help="Alignment loss.", choices=LOSS_NAMES)
     data: str = param(help="Alignment data: rm_labels (SFT samples + RM rewards) or p2r (the "
                       "preference pairs as rewards [1, 0]).", choices=ALIGN_DATA)
-    max_steps: int = param(help="Optimizer steps; a multiple of save_every.", minimum=1)
-    save_every: int = param(help="Steps between checkpoints; ckpt k is saved at step k * "
-                            "save_every.", minimum=1)
+    max_steps: int = param(help="Optimizer steps trained (the original: max_iter_step / "
+                           "gradient accumulation = 700 / 4 = 175).", minimum=1)
+    save_every: int | None = param(None, "Steps between checkpoints: ckpt k is saved at step k "
+                                   "x save_every, and max_steps must be a multiple of it "
+                                   "(exoflow's way); null: saves_per_epoch.", minimum=1)
+    saves_per_epoch: int | None = param(None, "The original's num_save_checkpoint: a checkpoint "
+                                        "every len(train_dataloader) // saves_per_epoch "
+                                        "micro-batches, mapped to optimizer steps as its "
+                                        "micro-step counter does (exoflow.schedule); the steps "
+                                        "depend on the data size. Needs checkpoints.", minimum=1)
+    checkpoints: int | None = param(None, "With saves_per_epoch: how many checkpoints the run "
+                                    "saves (ckpt1..ckptN; the original keeps the 10 that fall "
+                                    "before max_iter_step); with save_every: null (max_steps / "
+                                    "save_every).", minimum=1)
+    lr_horizon: str = param("max_steps", "What the learning-rate schedule decays over: "
+                            "max_steps (reaches its end at the last step) or epoch (one epoch "
+                            "of the training prompts, as the original: the run stops part-way "
+                            "down the cosine).", choices=("max_steps", "epoch"))
     beta_r: float = param(0.5, "Target temperature: q = softmax(r / beta_r) for *-rw.",
                           exclusive_minimum=0)
     beta_pi: float = param(0.5, "Policy scores s = beta_pi * (log pi - log pi_sft).",
@@ -525,18 +551,30 @@ class AlignParams(OptimParams):
 
     def check(self):
         super().check()
-        if self.max_steps % self.save_every:
-            raise ParamsError(
-                f"{self.where()}: max_steps {self.max_steps} is not a multiple of save_every "
-                f"{self.save_every}: the steps after the last checkpoint would be trained and "
-                "thrown away; make max_steps a multiple of save_every")
+        if (self.save_every is None) == (self.saves_per_epoch is None):
+            raise ParamsError(f"{self.where()}: set exactly one of save_every (checkpoints every "
+                              "N optimizer steps) and saves_per_epoch (the original's "
+                              f"checkpoints), got save_every {self.save_every}, saves_per_epoch "
+                              f"{self.saves_per_epoch}")
+        if self.save_every is not None:
+            if self.checkpoints is not None:
+                raise ParamsError(f"{self.where()}: checkpoints goes with saves_per_epoch; with "
+                                  "save_every the run has max_steps / save_every checkpoints "
+                                  "(set checkpoints: null)")
+            if self.max_steps % self.save_every:
+                raise ParamsError(
+                    f"{self.where()}: max_steps {self.max_steps} is not a multiple of save_every "
+                    f"{self.save_every}: the steps after the last checkpoint would be trained "
+                    "and thrown away; make max_steps a multiple of save_every")
+        elif self.checkpoints is None:
+            raise ParamsError(f"{self.where()}: saves_per_epoch needs checkpoints (how many the "
+                              "run saves, e.g. 10 as the original)")
 
     @property
     def num_checkpoints(self) -> int:
-        return self.max_steps // self.save_every
-
-    def checkpoint_steps(self) -> list[int]:
-        return [k * self.save_every for k in range(1, self.num_checkpoints + 1)]
+        if self.save_every is not None:
+            return self.max_steps // self.save_every
+        return int(self.checkpoints)
 
     def schedule(self) -> dict:
         return {"num_train_epochs": 1.0, "max_steps": int(self.max_steps),
@@ -596,7 +634,14 @@ class GenerationParams(Section):
     temperature: float = param(0.8, "Softmax temperature; 0 = greedy.", minimum=0)
     top_k: int = param(0, "Keep the k most likely tokens; 0 = all.", minimum=0)
     max_new_tokens: int = param(200, "Tokens generated at most.", minimum=1)
-    max_len: int = param(512, "Prompt tokens kept (left-truncated).", minimum=1)
+    max_prompt_len: int = param(512, "Prompt tokens kept (left-truncated): the original keeps "
+                                "model_max_length - max_new_tokens = 512 - 200 = 312 (the "
+                                "text-generation pipeline's handle_long_generation='hole').",
+                                minimum=1)
+    stop_at_turn: bool = param(True, "End a completion where the model starts a new dialogue "
+                               "turn ('\\n\\nHuman:' or '\\n\\nAssistant:'; the marker and "
+                               "what follows are cut); false: only EOS or max_new_tokens end "
+                               "it, and the next turns are kept (the original).")
     batch_size: int = param(32, "Prompts per generate call.", minimum=1)
 
     def generation(self) -> GenerationParams:

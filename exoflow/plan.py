@@ -155,9 +155,11 @@ class Plan:
         response, the generated tokens included, EOS too), by the keys that set it."""
         c = self.cfg
         out = {"sft.max_len": c.sft.max_len, "rm.max_len": c.rm.max_len,
-               "sample.max_len + sample.max_new_tokens": c.sample.max_len + c.sample.max_new_tokens,
+               "sample.max_prompt_len + sample.max_new_tokens":
+                   c.sample.max_prompt_len + c.sample.max_new_tokens,
                # the exact KL re-scores the samples with their EOS appended
-               "eval.max_len + eval.max_new_tokens + 1": c.eval.max_len + c.eval.max_new_tokens + 1}
+               "eval.max_prompt_len + eval.max_new_tokens + 1":
+                   c.eval.max_prompt_len + c.eval.max_new_tokens + 1}
         for run in self.align_runs():
             out[self.key_where(run, "max_len")] = self.run_params(run).max_len
         return out
@@ -329,12 +331,25 @@ class Plan:
     def num_checkpoints(self, run: str) -> int:
         return self.run_params(run).num_checkpoints
 
-    def checkpoint_steps(self, run: str) -> list[int]:
-        return self.run_params(run).checkpoint_steps()
+    def checkpoint_schedule(self, run: str, num_prompts: int):
+        """The run's checkpoints (:class:`exoflow.schedule.CheckpointAt`: step, epoch fraction,
+        learning rate) on ``num_prompts`` training prompts with ``engine``'s processes: with
+        ``saves_per_epoch`` the steps depend on the data size, which only the data stage knows
+        (the training job computes them the same way)."""
+        from .schedule import checkpoint_schedule
 
-    def ckpt_step(self, run: str, k: int) -> int:
-        """The optimizer step of checkpoint k of a run (0 for the SFT model)."""
-        return 0 if run == "sft" else int(k) * self.run_params(run).save_every
+        return checkpoint_schedule(self.run_params(run), num_prompts, self.processes(),
+                                   self.where(run))
+
+    def checkpoint_steps(self, run: str, num_prompts: int | None = None) -> list[int]:
+        """The optimizer steps of ckpt1..ckptN (``num_prompts`` needed with saves_per_epoch)."""
+        p = self.run_params(run)
+        if p.save_every is not None:
+            return [k * p.save_every for k in range(1, p.num_checkpoints + 1)]
+        if num_prompts is None:
+            raise ParamsError(f"{self.where(run)}: with saves_per_epoch the checkpoint steps "
+                              "depend on the number of training prompts")
+        return [c.step for c in self.checkpoint_schedule(run, num_prompts)]
 
     def precompute_ref(self) -> bool:
         return self.cfg.align.precompute_ref
@@ -357,11 +372,12 @@ class Plan:
         return self.res(f"models/align/{run}/metrics.json")
 
     def ref_cache_name(self, run: str) -> str:
-        """``<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl``: runs with the same data, temp and
-        truncation share it. The temp is written with repr() so that the name gives back the
-        float."""
+        """``<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos_after_cut: 1|0>.jsonl``: runs with
+        the same data, temp and truncation share it. The temp is written with repr() so that
+        the name gives back the float."""
         p = self.run_params(run)
-        return f"{p.data}_t{float(p.temp)!r}_l{int(p.max_len)}_g{int(p.max_gen_len)}.jsonl"
+        return (f"{p.data}_t{float(p.temp)!r}_l{int(p.max_len)}_g{int(p.max_gen_len)}"
+                f"_e{int(p.eos_after_cut)}.jsonl")
 
     def ref_cache_path(self, run: str) -> str:
         return self.res(f"data/ref_logps/{self.ref_cache_name(run)}")
@@ -409,7 +425,7 @@ class Plan:
         """What the checkpoint evaluation reads of ``eval`` (the prompt length it sampled with,
         its scoring batches, the KL temperature), the other keys at their defaults."""
         e = self.cfg.eval
-        return type(e)(max_len=e.max_len, score_batch_size=e.score_batch_size,
+        return type(e)(max_prompt_len=e.max_prompt_len, score_batch_size=e.score_batch_size,
                        temperature=e.temperature)
 
     def run_meta(self) -> dict:

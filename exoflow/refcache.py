@@ -3,13 +3,13 @@
 The reference (the SFT model) is frozen during alignment, so its summed response log-probs
 log π_ref^τ(y|x) are a function of the data and a few settings only: computing them once saves a
 forward pass per step and the memory of a second model. They depend on the data file, the
-reference, τ and the truncation (``max_len``, ``max_gen_len``), and on nothing else: the token
+reference, τ and the truncation (``max_len``, ``max_gen_len``, ``eos_after_cut``), and on nothing else: the token
 layout is the alignment batches' (:mod:`exoflow.align_data`), padding does not change
 a causal LM's logits, and the values are sums in fp32.
 
 File format (JSON Lines): the first line ``{"settings": {...}, "content_sha256": "..."}`` says
 what made the file (data path and sha256, number of records, K, reference path and weights
-sha256, temp, max_len, max_gen_len, dtype) and carries the sha256 of every byte after that line;
+sha256, temp, max_len, max_gen_len, eos_after_cut, dtype) and carries the sha256 of every byte after that line;
 then one line per record, in record order, the list of its K log-probs (finite numbers).
 :func:`load_ref_cache` refuses a file whose settings differ from the run's, whose content does
 not match its checksum (a value edited, the file cut short), or that holds a value that is not a
@@ -39,7 +39,7 @@ __all__ = ["RefCacheError", "cache_settings", "load_ref_cache", "precompute_ref"
 # that computes the values, exoflow.codehash: the token layout included) and "dtype" are checked
 # when the reader says what it expects.
 CHECKED = ("data_sha256", "num_records", "num_candidates", "reference_sha256", "temp", "max_len",
-           "max_gen_len")
+           "max_gen_len", "eos_after_cut")
 CHECKED_IF_GIVEN = ("code", "dtype")
 
 
@@ -67,7 +67,7 @@ def weights_sha256(model_dir) -> str:
 
 
 def cache_settings(data_file, reference, temp: float, max_len: int, max_gen_len: int,
-                   records=None, lines=None) -> dict:
+                   records=None, lines=None, eos_after_cut: bool = True) -> dict:
     """The settings that identify a cache (see :data:`CHECKED`); ``records`` (read from
     ``data_file`` when None) are checked, their errors naming ``lines`` (1-based)."""
     if records is None:
@@ -86,6 +86,7 @@ def cache_settings(data_file, reference, temp: float, max_len: int, max_gen_len:
         "temp": float(temp),
         "max_len": int(max_len),
         "max_gen_len": int(max_gen_len),
+        "eos_after_cut": bool(eos_after_cut),
     }
 
 
@@ -136,13 +137,14 @@ def read_ref_cache(path) -> tuple[dict, list[list[float]]]:
 
 def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
                    max_gen_len: int, code: str | None = None, dtype: str | None = None,
-                   records=None, lines=None) -> list[list[float]]:
+                   records=None, lines=None, eos_after_cut: bool = True) -> list[list[float]]:
     """The cached log-probs, after checking that they were made from this data and reference
     with these settings, and (when given) by this code in this precision
     (:class:`RefCacheError` naming each difference otherwise). ``records``/``lines``: the
     data file's records as the caller already read them (read here when None)."""
     settings, rows = read_ref_cache(path)
-    want = cache_settings(data_file, reference, temp, max_len, max_gen_len, records, lines)
+    want = cache_settings(data_file, reference, temp, max_len, max_gen_len, records, lines,
+                          eos_after_cut)
     want.update({k: v for k, v in (("code", code), ("dtype", dtype)) if v is not None})
     diff = [f"{k}: cache {settings.get(k)!r}, run {want[k]!r}"
             for k in (*CHECKED, *CHECKED_IF_GIVEN) if k in want and settings.get(k) != want[k]]
@@ -161,7 +163,7 @@ def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
 
 def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, max_gen_len: int,
                    batch_size: int = 32, runtime: Runtime | None = None, progress: bool = True,
-                   code: str | None = None) -> dict:
+                   code: str | None = None, eos_after_cut: bool = True) -> dict:
     """Compute the reference log-probs of ``data_file``'s candidates into ``out_path``.
 
     ``runtime`` (:class:`exoflow.params.Runtime`, default: CPU, fp32) says how the alignment
@@ -176,7 +178,7 @@ def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, ma
     numbered = read_numbered(data_file)
     records = [r for _, r in numbered]
     settings = cache_settings(data_file, reference, temp, max_len, max_gen_len, records,
-                              lines=[n for n, _ in numbered])
+                              lines=[n for n, _ in numbered], eos_after_cut=eos_after_cut)
     weights, amp = reference_precision(rt)
     settings["dtype"] = reference_dtype(rt)
     if code is not None:
@@ -186,6 +188,6 @@ def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, ma
     logps = text_logps(model, tok, [r["prompt"] for r in records],
                        [r["completions"] for r in records], max_len, max_gen_len, batch_size,
                        temperature=temp, amp_dtype=torch_dtype(amp), progress=progress,
-                       desc="reference log-probs")
+                       desc="reference log-probs", eos_after_cut=eos_after_cut)
     write_ref_cache(out_path, settings, logps)
     return settings

@@ -4,9 +4,11 @@
 ``generate`` (left padding, KV cache, position ids from the attention mask), prompts
 grouped by length (``batching.length_sorted_batches``) and the input order restored.
 
-A completion ends at EOS or at the start of a new dialogue turn (``\\n\\nHuman:`` or
-``\\n\\nAssistant:``, which HH-trained models like to write); the turn marker and anything
-after it are cut (``cut_at_turn``). A batch stops early once every row has ended.
+A completion ends at EOS, after ``max_new_tokens``, or (``stop_at_turn``, exoflow's default) at
+the start of a new dialogue turn (``\\n\\nHuman:`` or ``\\n\\nAssistant:``, which HH-trained
+models like to write), where the turn marker and anything after it are cut (``cut_at_turn``);
+with ``stop_at_turn=False`` the next turns are kept, as the original's text-generation pipeline
+keeps them. A batch stops early once every row has ended.
 
 Reproducibility. Completion ``j`` of prompt ``i`` (``i`` its position in the prompt list)
 draws its tokens by inverse-CDF sampling from its own random stream, seeded from
@@ -229,13 +231,14 @@ def _shared_prompt_cache(model, prompts: list[list[int]], width: int, repeats: i
 def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                        temperature: float, top_k: int, max_new_tokens: int, max_len: int,
                        batch_size: int, seed: int, progress: bool = True,
-                       share_prompt_cache: bool = True,
+                       stop_at_turn: bool = True, share_prompt_cache: bool = True,
                        static_cache: bool = True) -> list[list[str]]:
     """``num_return`` completions for each prompt, in prompt order (see the module docstring).
 
     ``batch_size`` counts prompts; a ``generate`` call holds ``batch_size * num_return`` rows.
     Prompts are left-truncated to ``max_len`` tokens (an empty prompt becomes one EOS, the
     Pythia BOS). ``temperature=0`` is greedy (all ``num_return`` completions then agree).
+    ``stop_at_turn``: end a completion at the next dialogue turn (see the module docstring).
     ``share_prompt_cache``: run each prompt through the model once and copy its KV cache to
     its ``num_return`` rows of a preallocated static cache, instead of once per row into
     ``generate``'s growing one (same samples; less prompt compute, no cache copy per step).
@@ -264,7 +267,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
             if temperature > 0:
                 u = _uniforms(seed, keys, max_new_tokens).to(device)
                 processors.append(InverseCDFSampler(u, width, temperature, top_k))
-            stop = StoppingCriteriaList([TurnStop(tokenizer, ends, width)])
+            stop = StoppingCriteriaList([TurnStop(tokenizer, ends, width)] if stop_at_turn
+                                        else [])
             extra = {}
             if share_prompt_cache and num_return > 1 and width > 1:
                 extra[CACHE_KWARG] = _shared_prompt_cache(
@@ -279,7 +283,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
             for (i, _), row in zip(keys, out[:, width:].tolist()):
                 ids = _strip_generated(row, eos_id)
                 new_tokens += len(ids)
-                results[i].append(cut_at_turn(decode_response(tokenizer, encoded[i], ids)))
+                text = decode_response(tokenizer, encoded[i], ids)
+                results[i].append(cut_at_turn(text) if stop_at_turn else text)
             bar.update(len(idx))
             bar.set_postfix(new_tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
     return results
@@ -312,8 +317,9 @@ def sample_file(model_dir, in_file, out_file, params: GenerationParams, seed: in
     t0 = time.perf_counter()
     outs = sample_completions(model, tok, prompts, num_return=params.num_return,
                               temperature=params.temperature, top_k=params.top_k,
-                              max_new_tokens=params.max_new_tokens, max_len=params.max_len,
-                              batch_size=params.batch_size, seed=seed)
+                              max_new_tokens=params.max_new_tokens,
+                              max_len=params.max_prompt_len, batch_size=params.batch_size,
+                              seed=seed, stop_at_turn=params.stop_at_turn)
     dt = time.perf_counter() - t0
     print(f"sampled {len(prompts)} prompts x {params.num_return} in {dt:.1f}s "
           f"({len(prompts) / max(dt, 1e-9):.1f} prompts/s)", file=sys.stderr)

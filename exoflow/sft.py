@@ -22,11 +22,14 @@ from .runtime import reduce_sums
 IGNORE = -100  # the label torch's cross-entropy skips
 
 
-def encode_sft(tokenizer, records, max_len: int, max_gen_len: int) -> list[dict]:
-    """``{"input_ids", "n_prompt"}`` per record: ``prompt + chosen + EOS``, truncated."""
+def encode_sft(tokenizer, records, max_len: int, max_gen_len: int,
+               eos_after_cut: bool = True) -> list[dict]:
+    """``{"input_ids", "n_prompt"}`` per record: ``prompt + chosen + EOS``, truncated
+    (:func:`exoflow.batching.encode_pair`)."""
     out = []
     for r in records:
-        e = encode_pair(tokenizer, r["prompt"], r["chosen"], max_len, max_gen_len, add_eos=True)
+        e = encode_pair(tokenizer, r["prompt"], r["chosen"], max_len, max_gen_len, add_eos=True,
+                        eos_after_cut=eos_after_cut)
         out.append({"input_ids": e.input_ids, "n_prompt": e.n_prompt})
     return out
 
@@ -83,7 +86,8 @@ class SFTRecipe(Recipe):
         return load_causal_lm(self.base, dtype="fp32")  # mixed precision keeps fp32 masters
 
     def encode(self, records):
-        return encode_sft(self.tokenizer, records, self.params.max_len, self.params.max_gen_len)
+        p = self.params
+        return encode_sft(self.tokenizer, records, p.max_len, p.max_gen_len, p.eos_after_cut)
 
     def collator(self):
         return SFTCollator(self.tokenizer.pad_token_id)

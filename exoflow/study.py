@@ -255,7 +255,7 @@ def plot_study(study, compare, out_png, title: str | None = None) -> None:
             ax.fill_between(x, lo, hi, color=col, alpha=0.12)
         ax.plot([0], [sft[f"{y}_mean"]], marker="*", ms=12, color="black", ls="none",
                 label="SFT")
-        ax.set_xlabel(r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$) (exact, per token)")
+        ax.set_xlabel(r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$) per sample (exact token sums, nats)")
         ax.set_ylabel({"reward": "RM reward", "gold": "gold reward"}[y])
         ax.set_title(f"{ax.get_ylabel()} vs KL (bands: 95 % across seeds)")
         ax.grid(alpha=0.3)

@@ -11,10 +11,14 @@ checkpoint 0, step 0, KL 0, win rate 0.5: every run's starting point) and one ea
 dataset's own chosen and rejected responses on the same prompts (runs ``dataset-chosen`` and
 ``dataset-rejected``: reference levels, no checkpoint, step or KL). Columns (``columns(gold)``)::
 
-    run, configuration, seed, loss, data, num_contrastive, ckpt, step,
+    run, configuration, seed, loss, data, num_contrastive, ckpt,
+    step, epoch, step_lr,  # the checkpoint's optimizer step, the fraction of the training
+                   # prompts its steps drew, the learning rate its last step applied (as the
+                   # training job recorded them in the checkpoint's exoflow_params.json)
     reward_mean, reward_ci95_low, reward_ci95_high, win_rate,
-    kl_exact,      # exact per-token KL(pi || pi_SFT) at the sampling temperature (>= 0)
-    kl,            # the original scripts' estimator: mean log pi(y) - log pi_SFT(y) (can be < 0)
+    kl_exact,      # KL(pi || pi_SFT) of a whole sample (nats, >= 0): the exact per-token KLs
+                   # at the sampling temperature summed along the sample, averaged over samples
+    kl,            # the Monte-Carlo estimate: mean log pi(y) - log pi_SFT(y) (can be < 0)
     [gold_mean, gold_ci95_low, gold_ci95_high,      # only when the gold reward is known
      gold_vs_sft_mean, gold_vs_sft_ci95_low, gold_vs_sft_ci95_high,]
                    # gold minus the SFT samples' gold, paired by prompt (95 % over prompts)
@@ -40,7 +44,7 @@ from .io import RecordError, read_json, read_records
 from .stats import flatten, summarize
 
 BASE_COLUMNS = ["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
-                "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
+                "step", "epoch", "step_lr", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
                 "kl_exact", "kl"]
 GOLD_COLUMNS = ["gold_mean", "gold_ci95_low", "gold_ci95_high", "gold_vs_sft_mean",
                 "gold_vs_sft_ci95_low", "gold_vs_sft_ci95_high"]
@@ -160,7 +164,7 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
             raise RecordError(f"{path}: run {s['run']!r} is not one of {sorted(order)}")
     ckpts.sort(key=lambda ps: (order[ps[1]["run"]], int(ps[1]["ckpt"])))
     _, report = split(sft_recs, val_prompts, str(sft_json))
-    rows = [dict(run="sft", ckpt=0, step=0, **slice_metrics(report))]
+    rows = [dict(run="sft", ckpt=0, step=0, epoch=0.0, **slice_metrics(report))]
     best: dict = {}
     for path, s in ckpts:
         recs = records(path)
@@ -172,7 +176,8 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
         row = dict(run=s["run"], configuration=meta.get("configuration", s["run"]),
                    seed=meta.get("seed"), loss=meta.get("loss"), data=meta.get("data"),
                    num_contrastive=meta.get("num_contrastive"), ckpt=int(s["ckpt"]),
-                   step=int(s["step"]), **slice_metrics(report))
+                   step=int(s["step"]), epoch=s.get("epoch"), step_lr=s.get("lr"),
+                   **slice_metrics(report))
         if val_prompts:
             row["select_by"] = select_by
             row["val_score"] = val_score(val, select_by, str(path))
@@ -242,7 +247,7 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = {"reward": "RM reward", "gold": "gold reward", "win_rate": "win rate vs SFT (RM)",
               "length_tokens": "mean response length (tokens)",
-              "kl_exact": r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$) (exact, per token)",
+              "kl_exact": r"KL($\pi\,\|\,\pi_{\mathrm{SFT}}$) per sample (exact token sums, nats)",
               "step": "optimizer step"}
     for ax, (x, y) in zip(axes.flat, panels):
         col = f"{y}_mean" if y in ("reward", "gold") else y

@@ -149,6 +149,8 @@ class ExoTrainer(Trainer):
 
     ``group_lengths``: one length per training example; when given, batches are drawn by
     :class:`SeededLengthGroupedSampler` (examples of similar length together, seeded order).
+    ``lr_horizon``: the optimizer steps the learning-rate schedule decays over (default: the
+    steps trained).
 
     Every optimizer step's loss (and the metrics a subclass adds with :meth:`add_step_metric`),
     averaged over processes, is kept in ``state.log_history`` as ``{"step", "step_loss",
@@ -161,13 +163,20 @@ class ExoTrainer(Trainer):
     business: that step is skipped, not refused).
     """
 
-    def __init__(self, *args, group_lengths=None, run_name: str = "training", **kwargs):
+    def __init__(self, *args, group_lengths=None, run_name: str = "training",
+                 lr_horizon: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_lengths = group_lengths
+        self.lr_horizon = lr_horizon
         self.run_name = run_name
         self._step_sums: dict = {}
         self.resumed_from: str | None = None
         self.add_callback(StepRecorder(self))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # lr_horizon: the steps the schedule decays over when they are not the steps trained
+        # (the original's cosine over one epoch, exoflow.schedule.lr_horizon_steps)
+        return super().create_scheduler(self.lr_horizon or num_training_steps, optimizer)
 
     def _non_finite(self, what: str, value) -> None:
         raise NonFiniteError(

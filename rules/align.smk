@@ -1,6 +1,7 @@
-# Alignment: EXO / DPO runs from the SFT model, checkpoints every save_every steps.
-#   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>.jsonl   reference log-probs (once)
-#   models/align/<run>/ckpt<k>/         k = 1..max_steps // save_every, at step k * save_every
+# Alignment: EXO / DPO runs from the SFT model, with checkpoints (exoflow.schedule).
+#   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos>.jsonl   reference log-probs
+#   models/align/<run>/ckpt<k>/         k = 1..N at the steps exoflow.schedule gives (k * save_every,
+#                                       or the original's saves_per_epoch on the data's size)
 #   models/align/<run>/metrics.json
 # A run is a configuration (align.runs, or a point of an align.grid sweep) trained with one seed
 # of align.seeds: <configuration> for the top-level seed, <configuration>_s<seed> for another.
@@ -24,16 +25,17 @@ rule precompute_ref:
         data=res("data/{data}/train.jsonl"),
         deepspeed=PLAN.deepspeed_inputs(),
     output:
-        cache=res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}.jsonl"),
+        cache=res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}.jsonl"),
     log:
-        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}"),
+        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}"),
     benchmark:
-        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}")
+        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}")
     wildcard_constraints:
         data=PLAN.align_data_regex(),
         temp=r"[0-9][0-9.e+-]*",
         max_len=r"\d+",
         max_gen_len=r"\d+",
+        eos=r"[01]",
     conda:
         "../envs/exoflow.yaml"
     threads: workflow.cores

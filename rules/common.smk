@@ -116,10 +116,6 @@ def ckpt_model(wildcards):
     return PLAN.ckpt_model(wildcards.run, wildcards.ckpt)
 
 
-def ckpt_step(wildcards):
-    return PLAN.ckpt_step(wildcards.run, wildcards.ckpt)
-
-
 def judge_inputs(wildcards):
     try:
         return PLAN.judge_all_targets()

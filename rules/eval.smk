@@ -63,7 +63,6 @@ rule eval_checkpoint:
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("eval_checkpoint"),
-        step=ckpt_step,
         scoring=as_json(PLAN.eval_scoring()),
         rm_layout=as_json(CFG.rm.layout()),
         gold=as_json(PLAN.is_synthetic()),

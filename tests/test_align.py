@@ -54,7 +54,7 @@ def test_bad_params_are_refused():
         align_params(max_steps=5, save_every=4)
     with pytest.raises(ParamsError, match=r"align.defaults.beta: unknown key"):
         AlignParams.from_dict({**align_params().to_dict(), "beta": 0.1})
-    assert align_params(max_steps=180, save_every=9).checkpoint_steps()[-1] == 180
+    assert align_params(max_steps=180, save_every=9).num_checkpoints == 20
 
 
 def test_collator_exact_tensors():
@@ -161,6 +161,34 @@ def test_short_run_writes_loadable_checkpoints(align_data, short_run):
         assert load_tokenizer(out / f"ckpt{k}").eos_token_id == load_tokenizer(align_data.sft).eos_token_id
     work = d / "work"
     assert not list(work.glob("checkpoint-*")) and not list(work.glob("ckpt*"))
+
+
+def test_original_schedule_records_each_checkpoints_step_and_lr(align_data):
+    """The original's schedule on 16 prompts, 1 process, micro-batches of 1 prompt, 2 per
+    optimizer step: 16 micro-batches per epoch, saves_per_epoch 5 saves every 16 // 5 = 3
+    micro-batches, i.e. after optimizer steps floor(3k / 2) = 1, 3, 4; the cosine decays over
+    one epoch (8 steps) while the run stops at 5. Random batch order, EOS before the cut and the
+    reference run in every step (the K=4 cache was made with EOS after the cut: refused)."""
+    from exoflow.refcache import RefCacheError
+
+    p = align_params(batch_size=2, micro_batch_size=1, max_steps=5, save_every=None,
+                     saves_per_epoch=5, checkpoints=3, lr_horizon="epoch", group_by_length=False,
+                     eos_after_cut=False)
+    with pytest.raises(RefCacheError, match="eos_after_cut: cache True, run False"):
+        run_align(align_data, "orig_cached", p)
+    metrics, d = run_align(align_data, "orig", p, ref_cache=None)
+    assert metrics["global_step"] == 5 and metrics["lr_horizon_steps"] == 8
+    hand = {1: 1e-3, 3: 1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 8)),
+            4: 1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 8))}
+    assert metrics["checkpoint_steps"] == [1, 3, 4]
+    for k, step in enumerate((1, 3, 4), start=1):
+        stamp = read_json(d / "out" / f"ckpt{k}" / PARAMS_FILE)
+        assert (stamp["checkpoint"], stamp["step"], stamp["micro_step"]) == (k, step, 3 * k)
+        assert stamp["lr"] == pytest.approx(hand[step], rel=1e-9)  # read from the optimizer
+        assert stamp["epoch"] == pytest.approx(step * 2 / 16)
+        assert metrics["checkpoints"][k - 1]["lr"] == pytest.approx(hand[step], rel=1e-12)
+    a, b = _params(d / "out" / "ckpt2"), _params(d / "out" / "ckpt3")
+    assert any(not torch.equal(a[n], b[n]) for n in a)
 
 
 def test_metrics_reach_tensorboard(short_run):

@@ -2,7 +2,7 @@
 
 import torch
 
-from exoflow.batching import Encoded, encode_pair, pad_batch
+from exoflow.batching import Encoded, encode_pair, encode_prompt, pad_batch
 
 
 class CharTok:
@@ -27,6 +27,38 @@ def test_truncation_left_for_prompt_right_for_response():
     assert enc.input_ids == [ord(c) for c in "fghxyz1"] + [0] and enc.n_prompt == 3
     enc = encode_pair(CharTok(), "abc", "xyz", max_len=3, max_gen_len=3, add_eos=False)
     assert enc.input_ids == [ord(c) for c in "xyz"] and enc.n_prompt == 0
+
+
+def test_eos_before_the_cut_as_the_original():
+    """eos_after_cut=False: EOS is appended, then the response cut to max_gen_len (the
+    original's SFTDataset/ExactDataset), so a response of max_gen_len tokens or more has none."""
+    ord_ = lambda t: [ord(c) for c in t]  # noqa: E731
+    for response, want in (("xyz", ord_("xyz") + [0]), ("xyz1", ord_("xyz1")),
+                           ("xyz123", ord_("xyz1"))):
+        enc = encode_pair(CharTok(), "ab", response, max_len=16, max_gen_len=4, add_eos=True,
+                          eos_after_cut=False)
+        assert enc.input_ids == ord_("ab") + want and enc.n_prompt == 2, response
+    # exoflow's: the cut response, then EOS
+    enc = encode_pair(CharTok(), "ab", "xyz123", max_len=16, max_gen_len=4, add_eos=True)
+    assert enc.input_ids == ord_("abxyz1") + [0]
+    # no EOS at all for the RM, whichever the setting
+    enc = encode_pair(CharTok(), "ab", "xyz", max_len=16, max_gen_len=4, add_eos=False,
+                      eos_after_cut=False)
+    assert enc.input_ids == ord_("abxyz")
+
+
+def test_the_original_sampling_window_keeps_a_long_prompts_last_312_tokens():
+    """config.yaml's sample/eval.max_prompt_len 312 (the original pipeline's 512 - 200 'hole'):
+    the generation input is the prompt's last 312 tokens; a shorter prompt is kept whole."""
+    import yaml
+
+    from tests.helpers import ROOT
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert cfg["sample"]["max_prompt_len"] == cfg["eval"]["max_prompt_len"] == 312
+    prompt = "".join(chr(0x100 + i) for i in range(700))
+    assert encode_prompt(CharTok(), prompt, 312) == [ord(c) for c in prompt[-312:]]
+    assert encode_prompt(CharTok(), prompt[:200], 312) == [ord(c) for c in prompt[:200]]
 
 
 def test_pad_batch_right_and_left():

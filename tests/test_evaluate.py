@@ -15,17 +15,21 @@ from exoflow.evaluate import (
     summarize_checkpoint,
     win_rate,
 )
-from exoflow.io import read_json, read_records, write_records
+from exoflow.io import RecordError, read_json, read_records, write_json, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, load_tokenizer, train_tokenizer
 from exoflow.params import EvalParams, GenerationParams, LayoutParams
 from exoflow.sampling import sample_file
 from exoflow.synthetic import gold_reward, oracle_response, sample_prompt
+from exoflow.workdir import PARAMS_FILE
 from tests.helpers import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=256)
-SAMPLE = dict(num_return=2, temperature=0.8, top_k=0, max_new_tokens=8, max_len=96, batch_size=4)
-SCORING = EvalParams(max_len=96, score_batch_size=4)
+SAMPLE = dict(num_return=2, temperature=0.8, top_k=0, max_new_tokens=8, max_prompt_len=96,
+              batch_size=4)
+SCORING = EvalParams(max_prompt_len=96, score_batch_size=4)
+# what a training job records in a checkpoint's exoflow_params.json (exoflow.align)
+STAMP = {"stage": "align", "checkpoint": 3, "step": 60, "epoch": 0.625, "lr": 2.5e-5}
 RM_LAYOUT = LayoutParams(max_len=128, max_gen_len=16)
 
 
@@ -71,8 +75,9 @@ def test_summarize_checkpoint_by_hand():
          "logps": [-3.0, -1.0], "sft_logps": [-2.0, -4.0], "kl_exact": [0.0, 1.25],
          "lengths": [3, 1], "gold": [0.0, 0.0], "sft_gold": [0.1, 0.0]},
     ]
-    s = summarize_checkpoint(recs, run="exo", ckpt=2, step=40)
+    s = summarize_checkpoint(recs, run="exo", ckpt=2, step=40, epoch=0.5, lr=1e-6)
     assert (s["run"], s["ckpt"], s["step"], s["num_prompts"], s["num_return"]) == ("exo", 2, 40, 2, 2)
+    assert (s["epoch"], s["lr"]) == (0.5, 1e-6)
     assert s["win_rate"] == 0.375
     assert s["kl"] == 0.75 and s["kl_exact"] == 0.5
     assert s["reward"]["mean"] == 0.75 and s["reward"]["count"] == 4
@@ -92,9 +97,9 @@ def test_eval_params_refuse_unknown_keys():
                                          "'score_batch_size'"):
         EvalParams.from_dict({"score_batchsize": 3})
     p = EvalParams.from_dict({"num_prompts": 4, "num_return": 2, "temperature": 0.8, "top_k": 0,
-                              "checkpoints": 3, "batch_size": 8, "max_len": 100,
+                              "checkpoints": 3, "batch_size": 8, "max_prompt_len": 100,
                               "max_new_tokens": 20, "score_batch_size": 5})
-    assert (p.max_len, p.score_batch_size) == (100, 5)
+    assert (p.max_prompt_len, p.score_batch_size) == (100, 5)
 
 
 # ---- tiny models -----------------------------------------------------------------------
@@ -116,6 +121,8 @@ def world(tmp_path_factory):
         model = build_scratch_model(TINY, tok, seed=seed)
         model.save_pretrained(d / name)
         tok.save_pretrained(d / name)
+        if name in ("copy", "other"):
+            write_json(d / name / PARAMS_FILE, STAMP)
     rm = load_reward_model(str(d / "rm_body"), pad_token_id=tok.pad_token_id)
     rm.save_pretrained(d / "rm")  # the random head is fixed from here on
     tok.save_pretrained(d / "rm")
@@ -128,7 +135,7 @@ def world(tmp_path_factory):
 def _eval(d, name, policy, tmp_path, gold=True, samples=None):
     return eval_checkpoint(d / (samples or f"{name}.jsonl"), d / "sft.jsonl", d / "rm", d / "sft",
                            d / policy, tmp_path / name / "reward.json",
-                           tmp_path / name / "rewards.jsonl", run="run", ckpt=1, step=20,
+                           tmp_path / name / "rewards.jsonl", run="run", ckpt=1,
                            scoring=SCORING, rm_layout=RM_LAYOUT, gold=gold, device="cpu")
 
 
@@ -168,13 +175,25 @@ def test_different_model_has_nonzero_kl(world, tmp_path):
                                                 [r["sft_logps"] for r in recs]))
 
 
+def test_a_checkpoint_says_where_it_is(world, tmp_path):
+    """step, epoch and lr come from the checkpoint's own record; the SFT model is step 0; a
+    folder without a record is refused naming the file."""
+    from exoflow.evaluate import checkpoint_position
+
+    assert checkpoint_position(world / "other", world / "sft") == {
+        "step": 60, "epoch": 0.625, "lr": 2.5e-5}
+    assert checkpoint_position(world / "sft", world / "sft")["step"] == 0
+    with pytest.raises(RecordError, match=r"rm_body/exoflow_params.json: no checkpoint step"):
+        checkpoint_position(world / "rm_body", world / "sft")
+
+
 def test_mismatched_prompts_are_refused(world, tmp_path):
     recs = read_records(world / "other.jsonl")
     write_records(tmp_path / "short.jsonl", recs[:3])
     with pytest.raises(ValueError, match="same prompts"):
         eval_checkpoint(tmp_path / "short.jsonl", world / "sft.jsonl", world / "rm", world / "sft",
                         world / "other", tmp_path / "r.json", tmp_path / "r.jsonl", run="x",
-                        ckpt=1, step=1, scoring=SCORING, rm_layout=RM_LAYOUT, gold=False,
+                        ckpt=1, scoring=SCORING, rm_layout=RM_LAYOUT, gold=False,
                         device="cpu")
 
 
@@ -202,10 +221,12 @@ def test_eval_clis(world, tmp_path, capsys):
         "--rm", str(world / "rm"), "--sft", str(world / "sft"), "--policy", str(world / "other"),
         "--summary", str(tmp_path / "c" / "reward.json"),
         "--rewards", str(tmp_path / "c" / "r.jsonl"), "--run", "exo", "--ckpt", "3",
-        "--step", "60", "--gold", "true", "--scoring", scoring, "--rm-layout", layout,
+        "--gold", "true", "--scoring", scoring, "--rm-layout", layout,
         "--threads", "1"])
     s = read_json(tmp_path / "c" / "reward.json")
-    assert (s["run"], s["ckpt"], s["step"]) == ("exo", 3, 60) and "gold" in s
+    # the step, epoch and lr the checkpoint itself records (the plan cannot know them)
+    assert (s["run"], s["ckpt"], s["step"], s["epoch"], s["lr"]) == ("exo", 3, 60, 0.625, 2.5e-5)
+    assert "gold" in s
     assert s["kl_exact"] > 0  # another model than SFT: a positive exact KL
     script_module("eval_dataset").main([
         "--rm", str(world / "rm"), "--pairs", str(world / "pref.jsonl"), "--num-prompts", "3",

@@ -85,10 +85,14 @@ PARTNERS = {
     "max_steps": lambda v: {"save_every": 1},
     "save_every": lambda v: {"max_steps": v} if isinstance(v, int) and v > 0 else {},
     "val_prompts": lambda v: {"num_prompts": None},
+    # the original's checkpoints instead of save_every
+    "saves_per_epoch": lambda v: {"save_every": None, "checkpoints": 1} if v is not None else {},
+    "checkpoints": lambda v: {"save_every": None, "saves_per_epoch": 1} if v is not None else {},
 }
 EXEMPT = {("max_len", 1)}  # max_gen_len >= 1 leaves no room: refused by the class only
-BASES = {"sft": CONFIG["sft"], "align.defaults": dict(CONFIG["align"]["defaults"],
-                                                      loss="exo-rw", data="rm_labels")}
+BASES = {"sft": CONFIG["sft"], "align.defaults": dict(
+    CONFIG["align"]["defaults"], loss="exo-rw", data="rm_labels", save_every=1, max_steps=175,
+    saves_per_epoch=None, checkpoints=None)}
 SECTIONS = [("sft", P.SFTParams), ("align.defaults", P.AlignParams), ("engine", P.EngineParams),
             ("model.lora", P.LoraParams), ("sample", P.SampleParams), ("eval", P.EvalParams),
             ("data.synthetic", P.SyntheticParams), ("model.scratch", P.ScratchParams),
@@ -124,25 +128,34 @@ def test_bounds_agree(path, cls):
 NON_DEFAULT = {
     "sft": dict(lr=2e-5, epochs=2, batch_size=12, micro_batch_size=3, warmup_ratio=0.1, max_len=300,
                 max_gen_len=100, max_steps=7, adam_beta1=0.8, adam_beta2=0.9, weight_decay=0.01,
-                lr_scheduler="linear", max_grad_norm=0.5, group_by_length=False),
+                lr_scheduler="linear", max_grad_norm=0.5, group_by_length=False,
+                eos_after_cut=False),
     "engine": dict(deepspeed=str(ROOT / "configs" / "deepspeed" / "zero2.json"), gpus=3, processes=3, gradient_checkpointing=True,
                    num_threads=2, logging_steps=3, checkpoint_every=7),
     "lora": dict(rank=4, alpha=8.0, dropout=0.1, target_modules=["dense"]),
     "align": dict(loss="dpo-rw", data="p2r", lr=3e-6, batch_size=8, micro_batch_size=2,
-                  max_steps=12, save_every=4, beta_r=0.3, beta_pi=0.2, temp=0.7,
+                  max_steps=12, save_every=None, saves_per_epoch=5, checkpoints=2,
+                  lr_horizon="epoch",
+                  eos_after_cut=False, beta_r=0.3, beta_pi=0.2, temp=0.7,
                   pref_log_eps=-5.0, num_contrastive=4, warmup_steps=2, max_len=300,
                   max_gen_len=90, adam_beta1=0.8, adam_beta2=0.9, weight_decay=0.01,
                   lr_scheduler="linear", max_grad_norm=0.5, group_by_length=False),
-    "eval": dict(num_return=3, temperature=0.6, top_k=5, max_new_tokens=30, max_len=128,
+    "eval": dict(num_return=3, temperature=0.6, top_k=5, max_new_tokens=30, max_prompt_len=128,
+                 stop_at_turn=False,
                  batch_size=4, score_batch_size=6, num_prompts=9, checkpoints=2, val_prompts=3,
                  select_by="win_rate"),
 }
 
 
+# Keys that are the alternative of a key set above (save_every: the other way to place
+# checkpoints, set from a config in tests/test_plan.py).
+ALTERNATIVES = {("align", "save_every")}
+
+
 def test_every_field_is_set_from_a_config():
     cfg = copy.deepcopy(CONFIG)
     cfg["sft"] = dict(NON_DEFAULT["sft"])
-    cfg["rm"] = dict(NON_DEFAULT["sft"])
+    cfg["rm"] = {k: v for k, v in NON_DEFAULT["sft"].items() if k != "eos_after_cut"}
     cfg["engine"] = dict(NON_DEFAULT["engine"])
     cfg["align"]["defaults"] = {k: v for k, v in NON_DEFAULT["align"].items()
                                 if k not in ("loss", "data")}
@@ -153,8 +166,8 @@ def test_every_field_is_set_from_a_config():
     cfg["study"] = {"compare": []}
     jsonschema.Draft202012Validator(SCHEMA).validate(cfg)
     plan = Plan(cfg)
-    for stage in ("sft", "rm"):
-        assert getattr(plan.cfg, stage).to_dict() == NON_DEFAULT["sft"]
+    assert plan.cfg.sft.to_dict() == NON_DEFAULT["sft"]
+    assert plan.cfg.rm.to_dict() == cfg["rm"]  # the RM reads no EOS
     rt = plan.runtime()
     assert rt.engine.to_dict() == NON_DEFAULT["engine"]
     assert (rt.dtype, rt.seed, rt.lora.to_dict()) == ("fp16", 7, NON_DEFAULT["lora"])
@@ -163,14 +176,14 @@ def test_every_field_is_set_from_a_config():
     g = plan.cfg.eval.generation()
     assert g.to_dict() == {k: NON_DEFAULT["eval"][k] for k in g.to_dict()}
     e = plan.eval_scoring()
-    assert (e.max_len, e.score_batch_size, e.temperature) == (128, 6, 0.6)
+    assert (e.max_prompt_len, e.score_batch_size, e.temperature) == (128, 6, 0.6)
     assert plan.eval_checkpoints("r") == [1, 2]
     for section, cls in (("sft", P.SFTParams), ("align", P.AlignParams), ("lora", P.LoraParams),
                          ("engine", P.EngineParams), ("eval", P.EvalParams)):
         for f in fields(cls):
             d = f.default_factory() if f.default is MISSING and f.default_factory is not \
                 MISSING else f.default
-            if d is not MISSING:
+            if d is not MISSING and (section, f.name) not in ALTERNATIVES:
                 assert NON_DEFAULT[section][f.name] != d, (section, f.name)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exoflow.errors import ParamsError
 from exoflow.plan import Plan, rule_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +45,14 @@ def test_runs_params_and_checkpoints():
     assert (p.loss, p.data, p.max_steps, p.save_every) == ("exo-pref", "p2r", 60, 20)
     assert plan.num_checkpoints("exo-rw_nc2") == 3
     assert plan.checkpoint_steps("exo-rw_nc2") == [20, 40, 60]
-    assert plan.ckpt_step("exo-rw_nc2", 2) == 40 and plan.ckpt_step("sft", 0) == 0
     assert plan.align_data("dpo-rw_nc2") == "results/tiny/data/rm_labels/train.jsonl"
     assert plan.align_ckpt_configs("dpo-rw_nc2")[-1] == \
         "results/tiny/models/align/dpo-rw_nc2/ckpt3/config.json"
-    paper = Plan(merged())
-    assert paper.checkpoint_steps("exo-rw_nc2") == list(range(9, 181, 9))
+    paper = Plan(merged())  # the original's checkpoints: the steps depend on the data size
+    assert paper.num_checkpoints("exo-rw_nc2") == 10
+    with pytest.raises(ParamsError, match="depend on the number of training prompts"):
+        paper.checkpoint_steps("exo-rw_nc2")
+    assert paper.checkpoint_steps("exo-rw_nc2", 43_835) == list(range(17, 171, 17))
 
 
 def test_one_runs_override_stays_its_own():
@@ -73,10 +76,12 @@ def test_ckpt_model_refuses_checkpoints_that_do_not_exist():
 def test_reference_cache_name_gives_back_the_float():
     plan = Plan(merged(TINY, {"align": {"defaults": {"temp": 0.1}}}))
     name = plan.ref_cache_name("exo-rw_nc2")
-    assert name == "rm_labels_t0.1_l256_g64.jsonl"
+    assert name == "rm_labels_t0.1_l256_g64_e1.jsonl"
     assert float(name.split("_t")[1].split("_l")[0]) == 0.1
     assert plan.ref_cache_inputs("exo-pref_nc2") == [
-        "results/tiny/data/ref_logps/p2r_t0.1_l256_g64.jsonl"]
+        "results/tiny/data/ref_logps/p2r_t0.1_l256_g64_e1.jsonl"]
+    faithful = Plan(merged(TINY, {"align": {"defaults": {"eos_after_cut": False}}}))
+    assert faithful.ref_cache_name("exo-rw_nc2") == "rm_labels_t0.8_l256_g64_e0.jsonl"
     off = Plan(merged(TINY, {"align": {"precompute_ref": False}}))
     assert off.ref_cache_inputs("exo-rw_nc2") == []
 
@@ -118,10 +123,10 @@ def test_launcher_and_gpu_prefix():
     assert plan.train_launcher() == \
         "'/a b/python' -m torch.distributed.run --standalone --nproc_per_node 4"
     assert plan.gpu_prefix(1) == "'/a b/python' -m exoflow.gpus run --n 1 -- "
-    assert plan.runtime().dtype == "bf16" and plan.runtime().seed == 42
+    assert plan.runtime().dtype == "fp16" and plan.runtime().seed == 42  # the original's fp16
     ref = plan.ref_runtime()
     assert (ref.engine.deepspeed, ref.engine.gpus, ref.dtype) == ("configs/deepspeed/zero2.json",
-                                                                  1, "bf16")
+                                                                  1, "fp16")
     assert ref.engine == ref.engine.__class__(deepspeed=ref.engine.deepspeed, gpus=1)
 
 

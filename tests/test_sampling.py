@@ -154,7 +154,7 @@ def test_sample_file_keeps_input_order(lm, tok, tok_dir, prompts, tmp_path):
     recs = [{"prompt": p, "chosen": " yes", "rejected": " no"} for p in prompts]
     write_records(tmp_path / "pref.jsonl", recs)
     params = GenerationParams.from_dict({"num_return": 2, "temperature": 0.8, "top_k": 0,
-                                         "max_new_tokens": 6, "max_len": 128, "batch_size": 3})
+                                         "max_new_tokens": 6, "max_prompt_len": 128, "batch_size": 3})
     sample_file(tmp_path / "lm", tmp_path / "pref.jsonl", tmp_path / "s.jsonl", params, seed=3)
     out = read_records(tmp_path / "s.jsonl")
     assert [r["prompt"] for r in out] == prompts
@@ -226,6 +226,48 @@ def test_generation_stops_at_turn_and_eos(parrot, tok):
     assert len(calls) == 1 + n_turn
 
 
+def test_without_stop_at_turn_the_next_turn_is_kept(parrot, tok, tmp_path):
+    """stop_at_turn: false (the original's pipeline): only EOS or max_new_tokens end a
+    completion, through sample_file's parameters as the rules pass them."""
+    model, ps = parrot
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    write_records(tmp_path / "in.jsonl", [{"prompt": p} for p in ps])
+    out = {}
+    for stop in (True, False):
+        params = GenerationParams.from_dict({"num_return": 2, "max_new_tokens": 60,
+                                             "batch_size": 2, "stop_at_turn": stop})
+        sample_file(tmp_path / "lm", tmp_path / "in.jsonl", tmp_path / f"{stop}.jsonl", params,
+                    seed=0)
+        out[stop] = [r["completions"] for r in read_records(tmp_path / f"{stop}.jsonl")]
+    assert out[True] == [[" Sure.", " Sure."], [" Fine.", " Fine."]]
+    assert all(c.startswith(" Sure.\n\nHuman: more") for c in out[False][0])
+    assert out[False][1] == [" Fine.", " Fine."]  # EOS still ends a completion
+
+
+def test_prompt_window_keeps_the_last_tokens(lm, tok, prompts, tmp_path):
+    """max_prompt_len 12 (config.yaml's 312, small): the model sees the last 12 prompt tokens,
+    checked against transformers' generate on exactly those tokens (greedy)."""
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    long = prompts[5]
+    ids = tok(long, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 40
+    write_records(tmp_path / "in.jsonl", [{"prompt": long}])
+    params = GenerationParams.from_dict({"num_return": 1, "temperature": 0.0,
+                                         "max_new_tokens": 8, "max_prompt_len": 12,
+                                         "stop_at_turn": False})
+    sample_file(tmp_path / "lm", tmp_path / "in.jsonl", tmp_path / "s.jsonl", params, seed=0)
+    got = read_records(tmp_path / "s.jsonl")[0]["completions"][0]
+    ref = lm.generate(torch.tensor([ids[-12:]]), max_new_tokens=8, do_sample=False,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    want = tok.decode(ref[0, 12:], skip_special_tokens=True)
+    assert got == want
+    full = lm.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert got != tok.decode(full[0, len(ids):], skip_special_tokens=True)  # the window matters
+
+
 # ---- text_logps (the KL's log-probs) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
@@ -255,7 +297,7 @@ def test_sample_cli(lm, tok, prompts, tmp_path, capsys):
     tok.save_pretrained(tmp_path / "lm")
     write_records(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts])
     section = {"num_return": 3, "temperature": 0.8, "top_k": 0, "max_new_tokens": 5,
-               "max_len": 64, "batch_size": 2}
+               "max_prompt_len": 64, "batch_size": 2}
     cli = script_module("sample")
     cli.main(["--model", str(tmp_path / "lm"), "--prompts", str(tmp_path / "in.jsonl"),
               "--samples", str(tmp_path / "out.jsonl"), "--generation", json.dumps(section),

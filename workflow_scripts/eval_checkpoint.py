@@ -5,8 +5,8 @@
         --sft-samples results/tiny/samples/sft/ckpt0/test.jsonl \
         --rm results/tiny/models/rm --sft results/tiny/models/sft \
         --policy results/tiny/models/align/exo-rw_nc2/ckpt1 \
-        --run exo-rw_nc2 --ckpt 1 --step 20 \
-        --scoring '{"max_len": 256, "score_batch_size": 64, "temperature": 0.8}' \
+        --run exo-rw_nc2 --ckpt 1 \
+        --scoring '{"max_prompt_len": 256, "score_batch_size": 64, "temperature": 0.8}' \
         --rm-layout '{"max_len": 256, "max_gen_len": 64}' --gold true --dtype null \
         --threads 1 --summary results/tiny/eval/exo-rw_nc2/ckpt1/reward.json \
         --rewards results/tiny/eval/exo-rw_nc2/ckpt1/rewards.jsonl
@@ -28,8 +28,7 @@ def make_parser():
     p.input("policy", "the checkpoint's folder")
     p.wildcard("run", "the run's name")
     p.wildcard("ckpt", "the checkpoint's number (0: the SFT model)", type=int)
-    p.param("step", "the checkpoint's optimizer step", type=int)
-    p.param("scoring", "the eval section's max_len, score_batch_size and temperature, as JSON",
+    p.param("scoring", "the eval section's max_prompt_len, score_batch_size and temperature, as JSON",
             section=EvalParams)
     cli.add_scoring_args(p, "the models")
     return p
@@ -46,7 +45,7 @@ def main(argv=None):
     set_threads(args.threads)
     summary = eval_checkpoint(args.samples, args.sft_samples, folder_of(args.rm),
                               folder_of(args.sft), folder_of(args.policy), args.summary,
-                              args.rewards, run=args.run, ckpt=args.ckpt, step=args.step,
+                              args.rewards, run=args.run, ckpt=args.ckpt,
                               scoring=args.scoring, rm_layout=args.rm_layout,
                               gold=bool(args.gold), dtype=args.dtype)
     print(json.dumps(summary))

@@ -2,8 +2,8 @@
 
     python workflow_scripts/precompute_ref.py --reference results/tiny/models/sft \
         --data results/tiny/data/rm_labels/train.jsonl --temp 0.8 --max-len 256 \
-        --max-gen-len 64 --batch-size 64 --runtime '{"dtype": "fp32"}' \
-        --cache results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64.jsonl
+        --max-gen-len 64 --eos 1 --batch-size 64 --runtime '{"dtype": "fp32"}' \
+        --cache results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64_e1.jsonl
 
 --runtime is the alignment runs' engine and dtype: the reference runs in the precision they
 train in.
@@ -20,6 +20,8 @@ def make_parser():
     p.wildcard("temp", "tau: log-probs of logits / tau", type=float)
     p.wildcard("max_len", "prompt + response tokens", type=int)
     p.wildcard("max_gen_len", "response tokens kept", type=int)
+    p.wildcard("eos", "1: EOS after the cut to max_gen_len; 0: before it (eos_after_cut)",
+               type=int)
     p.param("batch_size", "sequences per forward", type=int)
     p.param("runtime", "the alignment runs' engine and dtype, as JSON", section=Runtime)
     p.param("code", "hash of the code computing the values, recorded in the cache",
@@ -37,7 +39,7 @@ def main(argv=None):
 
     settings = precompute_ref(folder_of(args.reference), args.data, args.cache, args.temp,
                               args.max_len, args.max_gen_len, args.batch_size, args.runtime,
-                              code=args.code)
+                              code=args.code, eos_after_cut=bool(args.eos))
     print(json.dumps(settings))
 
 

@@ -3,7 +3,7 @@
     python workflow_scripts/sample.py --model results/tiny/models/sft \
         --prompts results/tiny/data/pref/train.jsonl \
         --generation '{"num_return": 2, "temperature": 0.8, "top_k": 0, "max_new_tokens": 48,
-                       "max_len": 256, "batch_size": 64}' --seed 42 --num-prompts null \
+                       "max_prompt_len": 256, "batch_size": 64}' --seed 42 --num-prompts null \
         --dtype null --threads 2 --samples results/tiny/data/sft_samples/train.jsonl
 """
 

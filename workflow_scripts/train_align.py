@@ -1,8 +1,8 @@
-"""EXO / DPO alignment of the SFT policy; checkpoints ckpt1..ckptn every save_every steps.
+"""EXO / DPO alignment of the SFT policy; checkpoints ckpt1..ckptn (exoflow.schedule).
 
     python workflow_scripts/train_align.py --policy results/tiny/models/sft \
         --train results/tiny/data/rm_labels/train.jsonl \
-        --ref-logps results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64.jsonl \
+        --ref-logps results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64_e1.jsonl \
         --align '{"loss": "exo-rw", "data": "rm_labels", "lr": 1e-4, "batch_size": 32,
                   "micro_batch_size": 32, "max_steps": 60, "save_every": 20, "max_len": 256,
                   "max_gen_len": 64}' \
