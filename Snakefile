@@ -50,3 +50,7 @@ rule labels:
 rule eval_all:
     input:
         PLAN.eval_all_targets(),
+
+
+# Outputs made with other params than these (their job records): listed and re-made.
+force_stale_jobs()

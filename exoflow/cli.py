@@ -29,10 +29,16 @@ import sys
 
 from . import locks
 from .errors import ExoflowError
-from .io import os_error_line
+from .io import disk_error, os_error_line
 
 DEBUG_ENV = "EXOFLOW_DEBUG"
 SOURCES = ("input", "output", "params", "wildcards", "threads")
+# The rule running the script and its code hash (shell_args adds both): the job record's
+RULE_FLAG, CODE_FLAG = "--exoflow-rule", "--exoflow-code"
+
+# The job parse_args read (rule, outputs, params and wildcards as given), for the job record
+# run() writes once main() has succeeded (exoflow.provenance).
+_JOB: dict = {}
 
 
 def value(text: str):
@@ -55,6 +61,8 @@ class ScriptParser(argparse.ArgumentParser):
         if launched:  # torchrun's and deepspeed's own argument
             self.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                               help=argparse.SUPPRESS)
+        self.add_argument(RULE_FLAG, dest="exoflow_rule", default=None, help=argparse.SUPPRESS)
+        self.add_argument(CODE_FLAG, dest="exoflow_code", default=None, help=argparse.SUPPRESS)
 
     def _tagged(self, source: str, name: str, help: str, **kwargs):
         self.sources[name] = source
@@ -80,7 +88,13 @@ class ScriptParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """The arguments, sections read as their classes, and the job's outputs locked
         (:mod:`exoflow.locks`: no two processes make the same output at once)."""
+        raw = list(sys.argv[1:] if args is None else args)
         ns = super().parse_args(args, namespace)
+        _JOB.clear()
+        if ns.exoflow_rule:
+            _JOB.update(rule=ns.exoflow_rule, **self._as_given(raw, ns))
+            if ns.exoflow_code is not None:
+                _JOB["params"].setdefault("code", ns.exoflow_code)
         for name, cls in self.sections.items():
             if getattr(ns, name) is not None:
                 setattr(ns, name, cls.from_json(getattr(ns, name),
@@ -88,6 +102,18 @@ class ScriptParser(argparse.ArgumentParser):
         locks.hold([getattr(ns, n) for n, src in self.sources.items()
                     if src == "output" and getattr(ns, n)])
         return ns
+
+    def _as_given(self, raw: list[str], ns) -> dict:
+        """The job's outputs, and its params and wildcards as the command line gave them."""
+        given: dict = {}
+        for i, word in enumerate(raw[:-1]):
+            if word.startswith("--"):
+                given.setdefault(word[2:].replace("-", "_"), raw[i + 1])
+        pick = lambda src: {n: given[n] for n, s in self.sources.items()  # noqa: E731
+                            if s == src and n in given}
+        return {"outputs": [str(getattr(ns, n)) for n, s in self.sources.items()
+                            if s == "output" and getattr(ns, n)],
+                "params": pick("params"), "wildcards": pick("wildcards")}
 
     def wildcard(self, name: str, help: str, **kwargs):
         return self._tagged("wildcards", name, help, **kwargs)
@@ -127,7 +153,7 @@ def script_parser(path) -> ScriptParser:
 def shell_args(parser: ScriptParser) -> str:
     """The shell words a rule passes to the script of ``parser``: ``--<name> {<source>.<name>:q}``
     for every argument (``{threads}`` for the threads), in the script's order."""
-    words = []
+    words = [f"{RULE_FLAG} {{rule}} {CODE_FLAG} {{params.code}}"]
     for name, source in parser.sources.items():
         flag = "--" + name.replace("_", "-")
         words.append(f"{flag} {{threads}}" if source == "threads"
@@ -141,22 +167,39 @@ def debug_requested(argv: list[str]) -> bool:
 
 def run(main, argv: list[str] | None = None):
     """Run ``main(argv)`` with the package's errors turned into one line and exit status 1."""
+    from .signals import exit_on_sigterm
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     try:
         if debug:
-            return _main_reporting_memory(main, argv)
+            return _finished(_main_reporting_memory(main, argv))
         try:
-            return _main_reporting_memory(main, argv)
+            return _finished(_main_reporting_memory(main, argv))
         except (ExoflowError, FileNotFoundError) as e:
             _fail(str(e))
         except json.JSONDecodeError as e:  # a JSON argument that is not JSON
             _fail(f"a JSON argument is not valid JSON ({e})")
         except OSError as e:  # a full disk, a read-only folder: one line, nothing half-made
             _fail(os_error_line(e))
+        except Exception as e:  # a full disk as a library words it (safetensors, torch)
+            full = disk_error(e, "")
+            if full is None:
+                raise
+            _fail(os_error_line(full))
     finally:
         locks.release_all()
+
+
+def _finished(out):
+    """After a successful ``main``: the job record beside its outputs (the main process's)."""
+    if _JOB and os.environ.get("RANK", "0") == "0":
+        from .provenance import write_record
+
+        write_record(_JOB["rule"], _JOB["outputs"], _JOB["params"], _JOB["wildcards"])
+    return out
 
 
 def _main_reporting_memory(main, argv):

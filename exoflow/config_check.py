@@ -24,6 +24,7 @@ calls :func:`check_config` while it is parsed).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -79,12 +80,46 @@ def check_model_init(init: str) -> str:
         except ModelLoadError as e:
             raise ConfigError(f"{e}".split("; delete")[0] + "; model.init must be a Hugging Face "
                               "checkpoint folder (config.json, weights, tokenizer files)") from None
+        check_vocabulary(p)
         return "local"
     if _HUB_ID.match(init) and not init.startswith((".", "~")):
         return "hub"
     raise ConfigError(f"model.init: {init!r} is neither an existing local folder nor a Hugging "
                       "Face name (org/name); give the path of a downloaded checkpoint, a hub name, "
                       "or scratch")
+
+
+def tokenizer_ids(folder: Path) -> int | None:
+    """One more than the largest token id of ``folder``'s tokenizer.json (its model's vocabulary
+    and the added tokens), read as JSON (no transformers); None without that file."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocab = (tok.get("model") or {}).get("vocab")
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
+    ids += [t["id"] for t in tok.get("added_tokens") or [] if isinstance(t.get("id"), int)]
+    return max(ids) + 1 if ids else None
+
+
+def check_vocabulary(folder: Path) -> None:
+    """The tokenizer of a model.init folder fits its embedding (config.json's vocab_size): a
+    larger one would feed ids past the embedding (an IndexError on the CPU, a device-side
+    assert on a GPU) in the middle of SFT."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    n = tokenizer_ids(folder)
+    if isinstance(size, int) and n is not None and n > size:
+        raise ConfigError(
+            f"model.init: {folder}: the tokenizer's ids go up to {n - 1} (tokenizer.json) but "
+            f"config.json's vocab_size is {size}: ids {size}..{n - 1} have no embedding; give "
+            "the tokenizer the model was trained with (or resize its embeddings)")
 
 
 def check_across(plan: Plan) -> None:
@@ -194,12 +229,52 @@ def check_positions(plan: Plan) -> None:
                               f"({where}); lower it (the model cannot attend that far)")
 
 
+def config_values_as_yaml(config: dict, argv: list[str]) -> None:
+    """``--config key=value`` read as YAML, as a config file's value is: Snakemake reads each
+    value with YAML's base loader, every scalar a string (``'eval={num_prompts: 16}'`` gave
+    ``'16'``, refused as not an integer). Each value is parsed again here and merged over the
+    config, key by key, as Snakemake merged it; one that is not YAML is a ConfigError."""
+    import yaml
+
+    entries, take = [], False
+    for word in argv:
+        if word in ("--config", "-C"):
+            take = True
+            continue
+        if take and word.startswith("-"):
+            take = False
+        if take:
+            entries.append(word)
+        elif word.startswith("--config="):
+            entries.append(word.split("=", 1)[1])
+    for entry in entries:
+        key, sep, text = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"--config {entry!r}: give key=value (e.g. --config "
+                              "'eval={num_prompts: 16}')")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {key}: {text!r} is not YAML "
+                              f"({str(e).splitlines()[0]})") from None
+        _merge(config, key, value)
+
+
+def _merge(config: dict, key: str, value) -> None:
+    if isinstance(value, dict) and isinstance(config.get(key), dict):
+        for k, v in value.items():
+            _merge(config[key], k, v)
+    else:
+        config[key] = value
+
+
 def plan_or_exit(config: dict, argv: list[str]) -> Plan:
     """:func:`check_config`, a ConfigError ending the process with its one line (the
     traceback with ``--debug`` or ``EXOFLOW_DEBUG=1``): the Snakefile's first step."""
     from .cli import debug_requested
 
     try:
+        config_values_as_yaml(config, argv)
         return check_config(config)
     except ConfigError as e:
         if debug_requested(argv):

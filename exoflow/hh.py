@@ -91,7 +91,13 @@ def _response(text: str) -> str:
 
 def to_pair(chosen: str, rejected: str, counts=None) -> dict:
     """``{prompt, chosen, rejected}`` from two raw dialogues, or raise :class:`Dropped`;
-    ``counts`` (a Counter) gets ``glued_markers`` += 1 when a rewrite changed the pair."""
+    ``counts`` (a Counter) gets ``glued_markers`` += 1 when a rewrite changed the pair, and
+    ``line_ends`` += 1 when its ``\\r\\n`` (or ``\\r``) line ends were read as ``\\n``
+    (exported on Windows, every such dialogue was dropped as ``not_human_first``)."""
+    if "\r" in chosen or "\r" in rejected:  # Windows or old-Mac line ends: read as \n
+        chosen, rejected = _unix_line_ends(chosen), _unix_line_ends(rejected)
+        if counts is not None:
+            counts["line_ends"] += 1
     c_turns, r_turns = split_turns(chosen), split_turns(rejected)
     if not c_turns or not r_turns or c_turns[0].role != HUMAN or r_turns[0].role != HUMAN:
         raise Dropped("not_human_first")
@@ -110,6 +116,10 @@ def to_pair(chosen: str, rejected: str, counts=None) -> dict:
     if counts is not None and any(t.unglued for t in [*c_turns[:i + 1], r_turns[i]]):
         counts["glued_markers"] += 1
     return {"prompt": prompt, "chosen": c, "rejected": r}
+
+
+def _unix_line_ends(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def pair_to_rewards(pair: dict) -> dict:

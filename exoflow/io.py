@@ -79,6 +79,21 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def _gzip_guard(path: Path, lines, after=lambda: 0):
+    """``lines`` (or a read) with a gzip file that ends early or is not gzip turned into one
+    RecordError naming the file and the last whole line (``after()``)."""
+    import zlib
+
+    try:
+        yield from lines
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        if isinstance(e, EOFError):
+            raise RecordError(f"{path} is cut short after line {after()} (an interrupted "
+                              "download or copy?); fetch or copy it again") from None
+        raise RecordError(f"{path} is not valid gzip ({e}); give the file uncompressed "
+                          "(.jsonl) or fetch it again") from None
+
+
 # A \\uD800-\\uDFFF escape: JSON lets a line spell half of a UTF-16 pair, which no text holds.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -117,7 +132,8 @@ def iter_records(path: str | os.PathLike, on_error: str = "error",
     with _open_binary(path) as f:
         if name.endswith(".json"):
             try:
-                text = f.read().decode("utf-8")
+                text = b"".join(_gzip_guard(path, iter(lambda: f.read(1 << 20), b""))) \
+                    .decode("utf-8")
             except UnicodeDecodeError as e:
                 raise RecordError(f"{path}: not valid UTF-8 at byte {e.start}; {hint}") from None
             try:
@@ -130,7 +146,9 @@ def iter_records(path: str | os.PathLike, on_error: str = "error",
                 raise RecordError(f"{path}: expected a JSON array of records")
             yield from enumerate(data, start=1)
             return
-        for lineno, line in enumerate(f, start=1):
+        last = [0]
+        for lineno, line in enumerate(_gzip_guard(path, f, lambda: last[0]), start=1):
+            last[0] = lineno
             if not line.strip():
                 continue
             try:
@@ -220,6 +238,23 @@ def atomic_folder(out_dir: str | os.PathLike, last: tuple[str, ...] = ("config.j
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_error(e: BaseException, where) -> OSError | None:
+    """``e`` as an OSError naming ``where`` when it is a full disk (or quota, or file size
+    limit) however the library raised it (safetensors' SafetensorError, torch's RuntimeError
+    carry the OS error in their text); None for anything else."""
+    codes = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+             errno.EFBIG: "File too large"}
+    if isinstance(e, OSError) and e.errno in codes:
+        if not e.filename:
+            e.filename = str(where)
+        return e
+    text = str(e)
+    for code, msg in codes.items():
+        if msg in text or f"code: {code}," in text or f"[Errno {code}]" in text:
+            return OSError(code, msg, str(where))
+    return None
 
 
 def os_error_line(e: OSError) -> str:

@@ -182,7 +182,7 @@ class Client:
                 r = self.client.chat.completions.create(
                     model=p.model, messages=[{"role": "user", "content": message}],
                     temperature=p.temperature, max_tokens=p.max_tokens)
-                text = r.choices[0].message.content or ""
+                text = reply_text(r)
                 usage = {"prompt_tokens": getattr(r.usage, "prompt_tokens", None),
                          "completion_tokens": getattr(r.usage, "completion_tokens", None)} \
                     if r.usage is not None else {}
@@ -190,6 +190,10 @@ class Client:
             except (openai.RateLimitError, openai.APITimeoutError,
                     openai.APIConnectionError, openai.InternalServerError) as e:
                 last = e
+            except UnusableReply as e:  # retried, never cached
+                last = e
+            except json.JSONDecodeError as e:  # the server's body, not an argument of ours
+                last = UnusableReply(f"a body that is not JSON ({e})")
             except openai.APIStatusError as e:
                 if e.status_code < 500 and e.status_code != 429:
                     raise JudgeError(f"judge.base_url {p.base_url}: the endpoint refused the "
@@ -198,9 +202,39 @@ class Client:
                 last = e
             if attempt < p.retries:
                 time.sleep(min(p.backoff_s * 2 ** attempt, 60) * (1 + 0.25 * random.random()))
+        if isinstance(last, UnusableReply):
+            raise JudgeError(f"judge.base_url {p.base_url}: no usable answer after "
+                             f"{p.retries + 1} tries (the last: {last}); is it an "
+                             "OpenAI-compatible chat endpoint serving judge.model "
+                             f"{p.model!r}?") from None
         raise JudgeError(f"judge.base_url {p.base_url}: no answer after {p.retries + 1} tries "
                          f"({type(last).__name__}: {_first(last)}); is the server up, and "
                          f"judge.timeout_s = {p.timeout_s} enough?") from None
+
+
+class UnusableReply(Exception):
+    """An HTTP 200 whose body holds no answer (an HTML page, an error object, no choices, no
+    text): retried like a 5xx, never cached."""
+
+
+def reply_text(r) -> str:
+    """The answer text of a chat completion; :class:`UnusableReply` saying what came instead."""
+    if isinstance(r, (str, bytes)):
+        text = r.decode(errors="replace") if isinstance(r, bytes) else r
+        raise UnusableReply(f"a {'HTML page' if '<html' in text.lower() else 'text'} body "
+                            f"{' '.join(text.split())[:60]!r}")
+    choices = getattr(r, "choices", None)
+    if not choices:
+        extra = getattr(r, "model_extra", None) or {}
+        err = extra.get("error") if isinstance(extra, dict) else None
+        if err:
+            msg = err.get("message") if isinstance(err, dict) else err
+            raise UnusableReply(f"an error object {str(msg)[:80]!r}")
+        raise UnusableReply("no choices" if choices is None else "an empty choices list")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str) or not content.strip():
+        raise UnusableReply("a reply without text (content null or empty)")
+    return content
 
 
 def _first(e) -> str:

@@ -196,6 +196,12 @@ def check_finite_weights(state_dict, where) -> None:
     with torch.no_grad():
         for name, t in state_dict.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                from .workdir import PARAMS_FILE
+
+                if Path(str(where)).is_dir() and not (Path(str(where)) / PARAMS_FILE).exists():
+                    raise NonFiniteError(  # a user's own model (model.init), not exoflow's
+                        f"{where}: tensor {name!r} holds NaN or infinite values as given (not a "
+                        "model exoflow trained); fix or fetch that checkpoint again (model.init)")
                 raise NonFiniteError(f"{where}: tensor {name!r} holds NaN or infinite values; the "
                                      "run that wrote it diverged, delete it and re-run with a "
                                      "lower lr (or check its input data)")

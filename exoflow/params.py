@@ -102,6 +102,9 @@ def _check_type(value, tp, where: str):
         if nullable:
             return None
         raise ParamsError(f"{where} must be {_type_error(where, inner)}, got null")
+    if _is_section(inner) and not isinstance(value, (dict, inner)):
+        raise ParamsError(f"{where} must be a mapping of its keys ({where}.<key>: <value>), "
+                          f"got {value!r}")
     origin = typing.get_origin(inner) or inner
     ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -236,6 +239,9 @@ def _check_bounds(value, meta, where: str) -> None:
                           f"{_closest(str(value), meta['choices'])}")
     if meta.get("pattern") and isinstance(value, str) and not re.match(meta["pattern"], value):
         raise ParamsError(f"{where} {value!r} may hold letters, digits, '.', '_' and '-' only")
+    if meta.get("pattern") == RUN_NAME and value in (".", ".."):
+        raise ParamsError(f"{where} {value!r} names a folder of the path itself (its outputs "
+                          "would land outside their own folder); give a name")
     if not isinstance(value, (int, float)):
         return
     tests = [("minimum", lambda b: value >= b, ">="), ("maximum", lambda b: value <= b, "<="),
@@ -618,9 +624,9 @@ class AlignSection(Section):
                              *((f"align.runs.{n}", e) for n, e in self.runs.items())]:
             check_partial(AlignParams, entry, where)
         for name in self.runs:
-            if not re.match(RUN_NAME, name):
+            if not re.match(RUN_NAME, name) or name in (".", ".."):
                 raise ParamsError(f"align.runs: run name {name!r} may hold letters, digits, "
-                                  "'.', '_' and '-' only")
+                                  "'.', '_' and '-' only, and is not '.' or '..'")
 
 
 # ---- sampling and evaluation -----------------------------------------------------------------

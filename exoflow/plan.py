@@ -61,9 +61,9 @@ def expand_grid(sweep: dict, where: str) -> list[tuple[str, dict]]:
         except KeyError as e:
             raise ParamsError(f"{where}: name template {template!r} names {e}, which is not a "
                               "key of the sweep") from None
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
             raise ParamsError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' "
-                              "and '-' only")
+                              "and '-' only, and is not '.' or '..'")
         if name in seen:
             raise ParamsError(f"{where}: {seen[name]} and {entry} both get the name {name!r}")
         seen[name] = entry

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from .io import read_records, write_json
 from .modeling import load_tokenizer
 from .params import OptimParams, Runtime
 from .runtime import setup_threads
+from .signals import GracefulStop, Stopped
 from .trainer import (
     ExoTrainer,
     attach_tensorboard,
@@ -44,6 +45,25 @@ from .workdir import empty_dir, remove_checkpoints, run_trainer, save_model
 __all__ = ["METRICS_FILE", "Recipe"]
 
 METRICS_FILE = "metrics.json"
+
+
+class StopOnSignal(TrainerCallback):
+    """At the end of each optimizer step: when any process has been sent SIGTERM or SIGINT
+    (:class:`exoflow.signals.GracefulStop`), all save a Trainer checkpoint and stop."""
+
+    def __init__(self, graceful: GracefulStop):
+        self.graceful, self.trainer, self.stopped_at = graceful, None, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
+        flag = torch.tensor([1.0 if self.graceful.requested else 0.0], device=args.device)
+        if args.world_size > 1:
+            flag = self.trainer.accelerator.reduce(flag, reduction="sum")
+        if float(flag.sum()) > 0:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = int(state.global_step)
 
 
 class Recipe:
@@ -144,7 +164,17 @@ class Recipe:
             empty_dir(self.out_dir, keep=(self.work_dir, self.log_dir))
             self.before_train(trainer)
         trainer.accelerator.wait_for_everyone()
-        run_trainer(trainer, self.work_dir, self.stamp())
+        with GracefulStop() as graceful:
+            stop = StopOnSignal(graceful)
+            stop.trainer = trainer
+            trainer.add_callback(stop)
+            run_trainer(trainer, self.work_dir, self.stamp())
+        if stop.stopped_at is not None:
+            raise Stopped(
+                f"{self.run_name}: stopped by {graceful.name or 'a signal to another process'} "
+                f"after optimizer step {stop.stopped_at} of {trainer.state.max_steps}; it resumes "
+                f"from {self.work_dir}/checkpoint-{stop.stopped_at} when run again (snakemake "
+                "re-runs it)")
         metrics = {"loss_curve": loss_curve(trainer), "train_loss": mean_train_loss(trainer),
                    "global_step": int(trainer.state.global_step),
                    "resumed_from": trainer.resumed_from, "run": run_info(trainer),

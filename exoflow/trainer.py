@@ -274,6 +274,56 @@ def reload_weights(model, folder) -> None:
     del fresh
 
 
+def trim_tensorboard(log_dir, last_step: int | None = None) -> int:
+    """Rewrite ``log_dir``'s TensorBoard events as one file holding each (tag, step) once, the
+    latest written, in step order: a killed run's steps are never shown beside the ones that
+    replace them. ``last_step``: drop the steps after it (the checkpoint a resumed run starts
+    from; 0 drops all: a run that starts over). Returns the values kept."""
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    files = sorted(Path(log_dir).glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        return 0
+    latest: dict = {}
+    meta: dict = {}  # a tag's plugin metadata: written with its first value only
+    for f in files:
+        for raw in RawEventFileLoader(str(f)).Load():  # as written (no format migration)
+            e = event_pb2.Event.FromString(raw)
+            if e.WhichOneof("what") != "summary":
+                continue
+            for v in e.summary.value:
+                if v.HasField("metadata") and v.tag not in meta:
+                    meta[v.tag] = v.metadata
+                if last_step is None or e.step <= last_step:
+                    latest[(v.tag, e.step)] = (e.wall_time, v)
+    for f in files:
+        f.unlink()
+    if latest:
+        writer, first = EventFileWriter(str(log_dir)), set()
+        for (tag, step), (wall, v) in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            value = summary_pb2.Summary.Value()
+            value.CopyFrom(v)
+            if tag not in first and tag in meta:
+                value.metadata.CopyFrom(meta[tag])
+            first.add(tag)
+            writer.add_event(event_pb2.Event(wall_time=wall, step=step,
+                                             summary=summary_pb2.Summary(value=[value])))
+        writer.close()
+    return len(latest)
+
+
+def tensorboard_dir(trainer):
+    """Where the Trainer's TensorBoard callback writes (None without one)."""
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            return cb.logging_dir
+    return None
+
+
 def attach_tensorboard(trainer, log_dir) -> None:
     """Point the Trainer's TensorBoard callback at ``log_dir`` (not ``<output_dir>/runs``)."""
     for cb in trainer.callback_handler.callbacks:

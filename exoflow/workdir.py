@@ -8,12 +8,13 @@ made its checkpoints (``exoflow_params.json``); made with others, it is not resu
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_folder, read_json, write_json
+from .io import atomic_folder, disk_error, read_json, write_json
 from .locks import LOCK_PREFIX
 from .lora import is_peft, merged_state_dict
 from .modeling import check_finite_weights
@@ -77,6 +78,25 @@ def remove_checkpoints(work_dir) -> None:
                 shutil.rmtree(p)
 
 
+def _nearly_full(folder, room: int = 16 << 20) -> bool:
+    """Less than ``room`` bytes free where ``folder`` is: a failed write there was the disk's."""
+    try:
+        return shutil.disk_usage(folder).free < room
+    except OSError:
+        return False
+
+
+def remove_incomplete_checkpoints(work_dir) -> None:
+    """Delete the ``checkpoint-<step>`` folders that lack ``trainer_state.json`` (the Trainer
+    writes it last): a save cut short by a full disk or a kill."""
+    work_dir = Path(work_dir)
+    if work_dir.is_dir():
+        for p in work_dir.iterdir():
+            if _CHECKPOINT_RE.match(p.name) and p.is_dir() and \
+                    not (p / "trainer_state.json").exists():
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def stamp_differs(work_dir, params: dict) -> bool:
     """Whether ``work_dir`` was made with other parameters than ``params``."""
     stamp = Path(work_dir) / PARAMS_FILE
@@ -103,8 +123,28 @@ def run_trainer(trainer, work_dir, params: dict | None = None):
     ckpt = last_checkpoint(work_dir)
     if ckpt and acc.is_main_process:
         print(f"[exoflow] resuming from {ckpt}", flush=True)
+    from .trainer import tensorboard_dir, trim_tensorboard
+
+    log_dir = tensorboard_dir(trainer)
+    if acc.is_main_process:
+        if log_dir:  # the killed run's steps after the checkpoint (all: starting over) go
+            trim_tensorboard(log_dir, checkpoint_step(ckpt) if ckpt else 0)
+    acc.wait_for_everyone()
     trainer.resumed_from = ckpt
-    return trainer.train(resume_from_checkpoint=ckpt)
+    try:
+        out = trainer.train(resume_from_checkpoint=ckpt)
+    except Exception as e:
+        full = disk_error(e, work_dir)
+        if full is None and _nearly_full(work_dir):  # torch's zip writer says only
+            full = OSError(errno.ENOSPC, "No space left on device", str(work_dir))  # "pos"
+        if acc.is_main_process:  # a save cut short keeps no half checkpoint
+            remove_incomplete_checkpoints(work_dir)
+        if full is not None:
+            raise full from None
+        raise
+    if acc.is_main_process and log_dir:  # one clean stream: the restart's steps once each
+        trim_tensorboard(log_dir)
+    return out
 
 
 def save_model(trainer, tokenizer, out_dir, params: dict) -> None:

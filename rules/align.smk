@@ -25,7 +25,9 @@ rule precompute_ref:
         data=res("data/{data}/train.jsonl"),
         deepspeed=PLAN.deepspeed_inputs(),
     output:
-        cache=res("data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}.jsonl"),
+        cache=res(
+            "data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}.jsonl"
+        ),
     log:
         log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}"),
     benchmark:

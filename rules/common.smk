@@ -5,6 +5,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.settings.types import DeploymentMethod
 
@@ -13,6 +14,8 @@ from exoflow.codehash import code_hash
 from exoflow.config_check import plan_or_exit
 from exoflow.errors import ExoflowError
 from exoflow.plan import rule_name
+from exoflow.provenance import stale_jobs
+from exoflow.signals import forward_interrupt
 
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 PACKAGE = Path(workflow.basedir) / "exoflow"
@@ -45,6 +48,9 @@ def python_command():
 # default lives) and every check a dry run can make (exoflow.config_check): a bad config stops
 # here with one line; --debug (or EXOFLOW_DEBUG=1) shows the traceback.
 PLAN = plan_or_exit(config, sys.argv)
+# Ctrl-C: Snakemake waits for its running jobs without signalling them; SIGTERM them first
+# (a training job saves where it resumes from), so that every job ends with Snakemake.
+forward_interrupt()
 PLAN.python = python_command()
 CFG = PLAN.cfg  # the config as exoflow.params objects, every default filled in
 RESULTS = PLAN.results
@@ -121,3 +127,76 @@ def judge_inputs(wildcards):
         return PLAN.judge_all_targets()
     except ExoflowError as e:  # no judge.base_url: the dry run stops with one line
         sys.exit(f"error: {e}")
+
+
+# ---- job records -----------------------------------------------------------------------------
+
+
+def expected_params(name, wildcards):
+    """What rule ``name`` passes its script now for ``wildcards`` ({param: str}), or None
+    when no such rule is planned (exoflow.provenance.stale_jobs)."""
+    try:
+        planned = workflow.get_rule(name)
+    except Exception:
+        return None
+    w = SimpleNamespace(**wildcards)
+    out = {}
+    for key, value in planned.params.items():
+        if callable(value):
+            try:
+                value = call_param(value, w)
+            except Exception:
+                continue
+        out[key] = str(value)
+    return out
+
+
+def call_param(f, wildcards):
+    """A params function's value for ``wildcards``, called as Snakemake calls it (by the
+    names of its arguments: wildcards, input, ...; the first one is the wildcards whatever its
+    name); the input, output and the others are not known here (None)."""
+    import inspect
+
+    names = list(inspect.signature(f).parameters)
+    known = {
+        "wildcards": wildcards,
+        "input": None,
+        "output": None,
+        "threads": None,
+        "resources": None,
+    }
+    args = [wildcards] if names and names[0] not in known else []
+    kwargs = {n: known[n] for n in names[len(args) :] if n in known}
+    return f(*args, **kwargs)
+
+
+def dag_settings():
+    """The DAG settings Snakemake will build the DAG with: its API hands them to the workflow
+    only after this file is read, so they are found on the stack of that call (Snakemake 9's
+    DAGApi); None when this file is read for something else (--lint, a job's own process).
+    """
+    import inspect
+
+    for frame in inspect.stack():
+        obj = frame.frame.f_locals.get("self")
+        settings = getattr(obj, "dag_settings", None)
+        if type(obj).__name__ == "DAGApi" and settings is not None:
+            return settings
+    return None
+
+
+def force_stale_jobs():
+    """Every job whose outputs were made with other params than the plan's now (their job
+    records, exoflow.provenance): one line each on stderr, and re-made (--forcerun), whatever
+    .snakemake/ remembers. Not inside a job that an executor runs (it reads this file too).
+    """
+    settings = dag_settings()
+    if settings is None or getattr(settings, "target_jobs", None):
+        return
+    stale = stale_jobs(RESULTS, expected_params)
+    for s in stale:
+        print(f"exoflow: {s.line()}", file=sys.stderr)
+    if stale:
+        settings.forcerun = frozenset(
+            set(settings.forcerun or ()) | {o for s in stale for o in s.outputs}
+        )

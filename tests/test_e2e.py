@@ -174,6 +174,30 @@ def test_code_edits_rerun_exactly_the_rules_that_reach_them(done):
     assert dry(done, "eval_all") == {}
 
 
+def test_copied_results_are_checked_against_the_plan(done, tmp_path):
+    """Results copied into a fresh clone (no .snakemake/, times kept as cp -a keeps them) plan
+    nothing; a schedule key of one run changed there re-makes that run's training and what
+    reads it, the dry run naming the output, the key and both values: the checkpoint made at
+    step 2 is never evaluated as the one of step 4 (each job's record, exoflow.provenance)."""
+    other = copy_workflow(tmp_path)
+    shutil.copytree(done / "results", other / "results")
+    (other / "quick.yaml").write_text(QUICK)
+    assert not (other / ".snakemake").exists()
+    assert dry(other, "eval_all") == {}
+    run = "align:\n  runs:\n    exo-rw_nc2: {loss: exo-rw, data: rm_labels, %s}\n"
+    for key, change in (("save_every: 4", "align.save_every 2 -> 4"),
+                        ("max_steps: 2", "align.max_steps 4 -> 2")):
+        (other / "sched.yaml").write_text(run % key + "eval: {checkpoints: 1}\n")
+        proc = snakemake(other, "eval_all", "-n", *CFG, "sched.yaml")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("exoflow: stale: results/tiny/models/align/exo-rw_nc2/ckpt1/config.json "
+                f"(+2 more) (train_align_exo_rw_nc2): {change}; re-made") in proc.stderr
+        jobs = planned_jobs(proc)
+        assert jobs["train_align_exo_rw_nc2"] == 1, jobs
+        assert not [j for j in jobs if j.startswith("train_align") and j.endswith("_nc2")
+                    and j != "train_align_exo_rw_nc2"], jobs
+
+
 def test_one_runs_lr_reruns_only_that_run(done):
     (done / "lr.yaml").write_text("align:\n  runs:\n    dpo-pref_nc2: {loss: dpo-pref, data: p2r, lr: 2.0e-4}\n")
     jobs = dry(done, "eval_all", extra=("lr.yaml",))

@@ -261,6 +261,79 @@ def test_a_slow_server_times_out_then_one_line(server, evals):
         proxy.close()
 
 
+GOOD = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "A"}}]})
+BAD = {  # HTTP 200 bodies that hold no answer
+    "html": ("text/html", "<html><body><h1>Welcome to nginx!</h1></body></html>"),
+    "empty choices": ("application/json", json.dumps({"id": "x", "choices": []})),
+    "error object": ("application/json", json.dumps({"error": {"message": "model overloaded"}})),
+    "not json": ("application/json", '{"choices": [{"message": '),
+    "null content": ("application/json", GOOD.replace('"A"', "null")),
+}
+
+
+class Replies:
+    """A local endpoint answering ``bad`` (a key of BAD) to the first ``n`` chat requests (all
+    of them with n = None), then a valid "A"."""
+
+    def __init__(self, bad: str, n: int | None):
+        self.seen = 0
+        replies = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                replies.seen += 1
+                kind, body = BAD[bad] if n is None or replies.seen <= n else \
+                    ("application/json", GOOD)
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.mark.parametrize("bad,what", [
+    ("html", "a HTML page body '<html><body><h1>Welcome to nginx!</h1></body></html>'"),
+    ("empty choices", "an empty choices list"),
+    ("error object", "an error object 'model overloaded'"),
+    ("not json", "a body that is not JSON"),
+    ("null content", "a reply without text (content null or empty)"),
+])
+def test_a_200_without_an_answer_is_retried_never_cached_then_one_line(evals, bad, what):
+    """Each bad body: retried (a later good answer is used and cached), and from a server that
+    only answers so, one line naming the endpoint and what it returned, nothing cached."""
+    flaky = Replies(bad, n=1)
+    try:
+        proc, out = judge(evals, base_url=flaky.base_url, model="m", retries=2, concurrency=1,
+                          cache="c_flaky")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        s = read_json(out / "win_rate.json")
+        assert s["invalid"] == 0 and s["requests"] == 8 and flaky.seen == 9
+        cached = [json.loads(f.read_text()) for f in (evals / "c_flaky").rglob("*.json")]
+        assert len(cached) == 8 and {c["answer"] for c in cached} == {"A"}
+    finally:
+        flaky.close()
+    broken = Replies(bad, n=None)
+    try:
+        proc, _ = judge(evals, base_url=broken.base_url, model="m", retries=1, cache="c_broken")
+        one_line_error(proc, f"judge.base_url {broken.base_url}: no usable answer after 2 tries",
+                       f"(the last: {what}")
+        assert not list((evals / "c_broken").rglob("*.json"))
+    finally:
+        broken.close()
+
+
 def test_judge_all_without_an_endpoint_fails_in_the_dry_run(tmp_path):
     from tests.helpers import copy_workflow, snakemake
 

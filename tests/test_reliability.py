@@ -192,6 +192,39 @@ def test_a_full_disk_while_writing_records_gives_one_line(tmp_path):
     assert not (tmp_path / "disk" / "train.jsonl").exists()
 
 
+def test_a_full_disk_during_the_trainers_checkpoint_gives_one_line(base, tmp_path):
+    """SFT whose work folder (the Trainer's resume checkpoints) fills a 1 MB disk at the first
+    checkpoint (weights and optimizer state take ~3 MB): one line naming the work folder and
+    the room left, no checkpoint folder half-written, no output."""
+    out = tmp_path / "disk" / "sft"
+    proc, how = _small_disk(sft_cmd(base, out, epochs=1), tmp_path / "disk", size="1m")
+    line = one_line_error(proc, "MiB free")
+    assert ("no space left on the device" if how == "tmpfs" else "larger than this process "
+            "may write") in line, line
+    assert not (out / "config.json").exists()
+    work = tmp_path / "disk" / "sft_work"
+    assert not [p for p in work.glob("checkpoint-*") if not (p / "trainer_state.json").exists()]
+
+
+def test_a_full_tmpdir_does_not_stop_snakemake(tmp_path):
+    """TMPDIR on a full disk: the data stage (two jobs ready at once, so the scheduler picks)
+    runs; the ILP scheduler's problem file used to fail it before any job ran."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespace here to make a full TMPDIR in")
+    (tmp_path / "wf").mkdir()
+    wd = copy_workflow(tmp_path / "wf")
+    full = tmp_path / "tmp"
+    full.mkdir()
+    inner = (f"mount -t tmpfs -o size=64k tmpfs {full} && "
+             f"(dd if=/dev/zero of={full}/fill bs=4k count=100 2>/dev/null || true) && "
+             f"cd {wd} && TMPDIR={full} exec \"$@\"")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", inner, "sh", sys.executable, "-m",
+                           "snakemake", "--cores", "2", "data", "--configfile",
+                           "configs/tiny.yaml"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (wd / "results/tiny/data/stats.json").exists()
+
+
 def test_weights_get_the_umask_permissions(base, tmp_path):
     """safetensors writes its files 0600: every file of a model folder gets 0666 & ~umask."""
     for umask in (0o022, 0o002):

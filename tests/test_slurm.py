@@ -141,7 +141,7 @@ def test_profile_sizes_each_stage(tmp_path):
     jobs = _planned(paper)
     for rule in ("train_sft", "train_rm"):
         (job,) = jobs[rule]
-        assert job["gpu"] == "8" and job["threads"] == 32 and job["cpus_per_task"] == "32"
+        assert job["gpu"] == "4" and job["threads"] == 32 and job["cpus_per_task"] == "32"
         assert job["mem_mb"] == "256000" and job["runtime"] == "720"
     for rule in ("sample_sft", "label_rewards"):
         assert all(j["gpu"] == "1" and j["cpus_per_task"] == "8" for j in jobs[rule]), jobs[rule]
@@ -155,6 +155,10 @@ def test_profile_sizes_each_stage(tmp_path):
     assert {"train_sft", "train_rm", "sample_sft", "label_rewards"} <= gpu_rules
     profiles = {name: yaml.safe_load((ROOT / "profiles" / name).read_text())
                 for name in ("slurm/config.yaml", "slurm/tiny.yaml", "local/config.yaml")}
+    for name in ("slurm/config.yaml", "slurm/tiny.yaml"):  # SIGTERM before the time limit:
+        for rule, res in profiles[name]["set-resources"].items():  # the job saves and says
+            if rule.startswith(("train_sft", "train_rm", "train_align")):  # where it resumes
+                assert "--signal=TERM@300" in res.get("slurm_extra", ""), (name, rule)
     for rule in gpu_rules:
         assert rule in profiles["slurm/config.yaml"]["set-threads"], rule
         assert rule in profiles["slurm/config.yaml"]["set-resources"], rule

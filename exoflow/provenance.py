@@ -1,0 +1,131 @@
+"""What made each output, kept beside it, so that results stay honest when copied.
+
+Snakemake remembers the parameters and code of every job in ``.snakemake/metadata``, which a
+copy of ``results/``, a fresh clone or ``--drop-metadata`` loses: results copied without it were
+read as up to date under any config. So every workflow script, once it has succeeded, writes a
+*job record* beside its first output (:func:`record_path`: ``<dir>/.exoflow-job.<name>.json``):
+the rule, the wildcards, the outputs and every ``params`` value exactly as the rule passed it
+(the code hash among them). The records travel with the results.
+
+When the Snakefile is read, :func:`stale_jobs` compares every record under ``results/<run>/``
+with what the rule would pass now; a job whose outputs all exist and whose record differs is
+*stale*: the Snakefile lists it on stderr with the keys that changed (a dry run shows it too)
+and has Snakemake re-make its outputs (``--forcerun``), so nothing downstream reads them. A
+record that agrees re-runs nothing, whatever ``.snakemake/`` holds; outputs without a record
+(made before records existed) are left to Snakemake's own tracking.
+
+No torch, no Snakemake: the Snakefile passes each record's expected params in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RECORD_PREFIX", "Stale", "read_records", "record_path", "stale_jobs", "write_record"]
+
+RECORD_PREFIX = ".exoflow-job."
+
+
+def record_path(first_output) -> Path:
+    """Where the job record of the job whose first output is ``first_output`` lives."""
+    p = Path(first_output)
+    return p.parent / f"{RECORD_PREFIX}{p.name}.json"
+
+
+def write_record(rule: str, outputs: list[str], params: dict[str, str],
+                 wildcards: dict[str, str]) -> Path | None:
+    """Write the job record (atomically: a reader never sees half of one); None without
+    outputs. ``params``: each value as the script received it (a string)."""
+    if not outputs:
+        return None
+    path = record_path(outputs[0])
+    rec = {"rule": rule, "outputs": [str(o) for o in outputs], "params": params,
+           "wildcards": wildcards}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(rec, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_records(results_dir) -> list[tuple[Path, dict]]:
+    """Every readable job record under ``results_dir`` (a broken one is skipped: its outputs
+    then count as made without a record)."""
+    out = []
+    root = Path(results_dir)
+    if not root.is_dir():
+        return out
+    for path in sorted(root.rglob(f"{RECORD_PREFIX}*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("params"), dict) and rec.get("outputs"):
+            out.append((path, rec))
+    return out
+
+
+@dataclass
+class Stale:
+    """A job whose outputs exist but were made with other params than the plan's now."""
+
+    rule: str
+    outputs: list[str]
+    changes: list[str]  # "name: what changed", one per differing param
+
+    def line(self) -> str:
+        what = self.outputs[0] + (f" (+{len(self.outputs) - 1} more)" if len(self.outputs) > 1
+                                  else "")
+        return f"stale: {what} ({self.rule}): {'; '.join(self.changes)}; re-made"
+
+
+def _json_changes(name: str, old: str, new: str) -> str:
+    """``name`` and, when both are JSON objects, the keys whose values differ."""
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except ValueError:
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        return ", ".join(f"{k} {_short(x)} -> {_short(y)}" for k, x, y in _leaf_diffs(name, a, b))
+    if name == "code":
+        return "code changed"
+    return f"{name} {_short(old)} -> {_short(new)}"
+
+
+def _leaf_diffs(prefix: str, a: dict, b: dict):
+    """(dotted key, old, new) of every value that differs, nested objects followed."""
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _leaf_diffs(f"{prefix}.{k}", x, y)
+        elif x != y:
+            yield f"{prefix}.{k}", x, y
+
+
+def _short(v) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def stale_jobs(results_dir, expected) -> list[Stale]:
+    """The stale jobs under ``results_dir``. ``expected(rule, wildcards)``: the params the rule
+    passes now for those wildcards (``{name: str}``, or None when the rule is no longer
+    planned: its record is then ignored)."""
+    out = []
+    for _, rec in read_records(results_dir):
+        outputs = [str(o) for o in rec["outputs"]]
+        if not all(Path(o).exists() for o in outputs):
+            continue  # Snakemake makes a missing output anyway
+        want = expected(rec.get("rule"), rec.get("wildcards") or {})
+        if want is None:
+            continue
+        have = rec["params"]
+        # the params the job was given (a rule's params that its script does not take change
+        # nothing it makes; the code hash is recorded apart from them)
+        changes = [_json_changes(k, str(have[k]), str(want[k])) for k in sorted(want)
+                   if k in have and str(have[k]) != str(want[k])]
+        if changes:
+            out.append(Stale(str(rec.get("rule")), outputs, changes))
+    return out
