@@ -54,3 +54,8 @@ rule eval_all:
 
 # Outputs made with other params than these (their job records): listed and re-made.
 force_stale_jobs()
+
+
+onsuccess:
+    # The last lines of a run that made (or found) the summary: whether its RM can be read.
+    print_rm_check()

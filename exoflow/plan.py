@@ -428,15 +428,47 @@ class Plan:
         return type(e)(max_prompt_len=e.max_prompt_len, score_batch_size=e.score_batch_size,
                        temperature=e.temperature)
 
+    def varying_keys(self) -> list[str]:
+        """The alignment keys whose values differ between the runs (besides loss, data and
+        num_contrastive, which are always shown), ``lr`` always: the run parameters the summary
+        and the study show, so that an override a config left behind is seen."""
+        import dataclasses
+
+        shown = ("loss", "data", "num_contrastive")
+        params = [self.run_params(r).to_dict() for r in self.align_runs()]
+        return [f.name for f in dataclasses.fields(AlignParams) if f.name not in shown and
+                (f.name == "lr" or len({repr(p[f.name]) for p in params}) > 1)]
+
     def run_meta(self) -> dict:
-        """``{run: {configuration, seed, loss, data, num_contrastive}}`` in config order, for
-        the summary and the study."""
-        meta = {}
+        """``{run: {configuration, seed, loss, data, num_contrastive, params}}`` in config
+        order, for the summary and the study; ``params``: the :meth:`varying_keys`' values."""
+        meta, keys = {}, self.varying_keys()
         for run, conf, seed in self.runs():
             p = self.run_params(run)
+            d = p.to_dict()
             meta[run] = {"configuration": conf, "seed": seed, "loss": p.loss, "data": p.data,
-                         "num_contrastive": p.num_contrastive}
+                         "num_contrastive": p.num_contrastive,
+                         "params": {k: d[k] for k in keys}}
         return meta
+
+    def run_table(self) -> list[str]:
+        """One line per run: its loss, data, N, seed and every key that differs between runs
+        or from ``align.defaults``, a ``*`` marking a value its own entry (a run of
+        align.runs or a grid point) sets against the defaults: an override a config file left
+        behind shows before anything runs."""
+        keys = ["loss", "data", "num_contrastive", *self.varying_keys()]
+        defaults = self.cfg.align.defaults
+        extra = sorted({k for r in self.align_runs()
+                        for k in self.configurations()[self.run_configuration(r)]
+                        if k not in keys and k in defaults})
+        out = []
+        for run in self.align_runs():
+            own = self.configurations()[self.run_configuration(run)]
+            d = self.run_params(run).to_dict()
+            cells = [f"{k}={d[k]}{'*' if k in own and own[k] != defaults.get(k, own[k]) else ''}"
+                     for k in [*keys, *extra]]
+            out.append(f"{run} (seed {self.run_seed(run)}): " + " ".join(cells))
+        return out
 
     def comparisons(self) -> list[tuple[str, str]]:
         """``study.compare``: pairs of configurations ``[a, b]`` (the difference a - b)."""

@@ -9,7 +9,22 @@ import statistics
 from .errors import check_finite
 from .io import RecordError
 
-__all__ = ["flatten", "reshape", "summarize"]
+__all__ = ["flatten", "reshape", "summarize", "wilson_interval"]
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score 95 % interval of a proportion ``p`` measured on ``n`` trials (ties
+    counted as halves make ``p`` any number in [0, 1]; the interval is then approximate).
+
+    >>> tuple(round(x, 4) for x in wilson_interval(0.5, 100))
+    (0.4038, 0.5962)
+    """
+    if n <= 0:
+        raise RecordError("wilson_interval: no trials")
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return centre - half, centre + half
 
 
 def summarize(values) -> dict:

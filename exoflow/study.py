@@ -186,7 +186,8 @@ def study_tables(sft_json, checkpoint_jsons, runs: dict, comparisons, val_prompt
             if not present:
                 continue
             row = {"configuration": conf, "loss": meta["loss"], "data": meta["data"],
-                   "num_contrastive": meta["num_contrastive"], "ckpt": str(k),
+                   "num_contrastive": meta["num_contrastive"], **meta.get("params", {}),
+                   "ckpt": str(k),
                    "step": (statistics.fmean(ev.steps[(r, ev.ckpt_of(r, k))]
                                              for r in present.values())),
                    "seeds": len(present)}

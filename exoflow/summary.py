@@ -41,7 +41,7 @@ import statistics
 from pathlib import Path
 
 from .io import RecordError, read_json, read_records
-from .stats import flatten, summarize
+from .stats import flatten, summarize, wilson_interval
 
 BASE_COLUMNS = ["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
                 "step", "epoch", "step_lr", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
@@ -50,16 +50,46 @@ GOLD_COLUMNS = ["gold_mean", "gold_ci95_low", "gold_ci95_high", "gold_vs_sft_mea
                 "gold_vs_sft_ci95_low", "gold_vs_sft_ci95_high"]
 LENGTH_COLUMNS = ["length_tokens", "length_chars", "report_prompts"]
 SELECT_COLUMNS = ["selected", "select_by", "val_score"]
+RM_COLUMNS = ["rm_test_accuracy", "rm_test_accuracy_ci95_low", "rm_test_accuracy_ci95_high",
+              "rm_shorter_wins_accuracy", "rm_test_pairs"]
 INT_COLUMNS = ["seed", "num_contrastive", "ckpt", "step", "report_prompts"]
 CRITERIA = {"reward": "rewards", "gold": "gold", "win_rate": "wins"}
 
 
-def columns(gold: bool, judged: tuple[str, ...] = ()) -> list[str]:
-    """The table's columns: with the gold reward known, its columns; for each judge baseline
-    (``judged``), ``judge_vs_<baseline>`` and its 95 % interval."""
+def columns(gold: bool, judged: tuple[str, ...] = (), params: tuple[str, ...] = (),
+            rm: bool = False) -> list[str]:
+    """The table's columns: the run parameters ``params`` after ``num_contrastive``; with the
+    gold reward known, its columns; for each judge baseline (``judged``),
+    ``judge_vs_<baseline>`` and its 95 % interval; with the RM's test metrics, its check."""
     judge = [f"judge_vs_{b}{s}" for b in judged for s in ("", "_ci95_low", "_ci95_high")]
-    return (BASE_COLUMNS + (GOLD_COLUMNS if gold else []) + judge + LENGTH_COLUMNS
-            + SELECT_COLUMNS)
+    i = BASE_COLUMNS.index("num_contrastive") + 1
+    base = BASE_COLUMNS[:i] + [p for p in params if p not in BASE_COLUMNS] + BASE_COLUMNS[i:]
+    return (base + (GOLD_COLUMNS if gold else []) + judge + LENGTH_COLUMNS + SELECT_COLUMNS
+            + (RM_COLUMNS if rm else []))
+
+
+def rm_check(metrics: dict) -> dict:
+    """The reward model's test accuracy with its 95 % (Wilson) interval beside the "shorter
+    answer wins" baseline on the same pairs (its metrics.json), and whether the interval
+    clears the baseline: below it, its rewards do not measure preference."""
+    n, acc = int(metrics["num_test"]), float(metrics["test_accuracy"])
+    lo, hi = wilson_interval(acc, n)
+    base = float(metrics["test_shorter_wins_accuracy"])
+    return {"rm_test_accuracy": acc, "rm_test_accuracy_ci95_low": lo,
+            "rm_test_accuracy_ci95_high": hi, "rm_shorter_wins_accuracy": base,
+            "rm_test_pairs": n, "clears_baseline": lo > base}
+
+
+def rm_check_line(check: dict) -> str:
+    """One line saying whether the RM reward and win rates can be read as preference."""
+    head = (f"RM test accuracy {check['rm_test_accuracy']:.3f} [95 % "
+            f"{check['rm_test_accuracy_ci95_low']:.3f}, {check['rm_test_accuracy_ci95_high']:.3f}]"
+            f" on {check['rm_test_pairs']} pairs vs {check['rm_shorter_wins_accuracy']:.3f} for "
+            "\"the shorter answer wins\"")
+    if check["clears_baseline"]:
+        return head + ": the RM beats that baseline"
+    return (head + ": the interval does not clear that baseline, so the RM reward and win-rate "
+            "columns do not measure preference (the gold or judge columns may)")
 
 
 def judge_columns(judge_jsons) -> tuple[dict, tuple[str, ...]]:
@@ -139,7 +169,8 @@ def dataset_rows(records: list[dict]) -> list[dict]:
 
 
 def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict],
-                  val_prompts: int = 0, select_by: str = "reward", judge_jsons=()):
+                  val_prompts: int = 0, select_by: str = "reward", judge_jsons=(),
+                  rm_metrics: dict | None = None):
     """The summary DataFrame (see the module docstring).
 
     ``*_json`` are the ``reward.json`` files (run, checkpoint, step); the numbers come from the
@@ -175,7 +206,8 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
         meta = runs[s["run"]]
         row = dict(run=s["run"], configuration=meta.get("configuration", s["run"]),
                    seed=meta.get("seed"), loss=meta.get("loss"), data=meta.get("data"),
-                   num_contrastive=meta.get("num_contrastive"), ckpt=int(s["ckpt"]),
+                   num_contrastive=meta.get("num_contrastive"), **meta.get("params", {}),
+                   ckpt=int(s["ckpt"]),
                    step=int(s["step"]), epoch=s.get("epoch"), step_lr=s.get("lr"),
                    **slice_metrics(report))
         if val_prompts:
@@ -195,7 +227,13 @@ def summary_table(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict
         if row["run"] == "sft" or "ckpt" in row and row.get("ckpt") is not None:
             row.update(judged.get((row["run"], int(row.get("ckpt") or 0)), {}))
     gold = any(r.get("gold_mean") is not None for r in rows)
-    df = pd.DataFrame(rows).reindex(columns=columns(gold, baselines))
+    params = tuple(dict.fromkeys(k for m in runs.values() for k in m.get("params", {})))
+    if rm_metrics is not None:
+        check = rm_check(rm_metrics)
+        for row in rows:
+            row.update({k: check[k] for k in RM_COLUMNS})
+    df = pd.DataFrame(rows).reindex(columns=columns(gold, baselines, params,
+                                                    rm_metrics is not None))
     for c in INT_COLUMNS:
         df[c] = pd.array(df[c], dtype="Int64")
     for c in ("run", "configuration", "loss", "data", "select_by"):
@@ -228,6 +266,10 @@ def _hlines(ax, df, column):
             ax.axhline(float(vals.iloc[0]), color="gray", ls=ls, lw=1, label=label)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
+STYLES = ("-", "--", "-.", ":")
+
+
 def plot_summary(df, out_png, title: str | None = None) -> None:
     """``summary.png`` from :func:`summary_table`'s DataFrame (see the module docstring)."""
     import matplotlib
@@ -253,7 +295,10 @@ def plot_summary(df, out_png, title: str | None = None) -> None:
         col = f"{y}_mean" if y in ("reward", "gold") else y
         for n, (run, c) in enumerate(curves.items()):
             c = c.dropna(subset=[x, col])
-            kw = dict(color=colors[n % len(colors)], marker="o", ms=4, lw=1.5, label=run)
+            # colour, marker and line style all change with the run: coinciding curves stay
+            # distinguishable
+            kw = dict(color=colors[n % len(colors)], marker=MARKERS[n % len(MARKERS)], ms=4,
+                      lw=1.5, ls=STYLES[n % len(STYLES)], label=run)
             if x == "step" and y in ("reward", "gold"):
                 err = [c[col] - c[f"{y}_ci95_low"], c[f"{y}_ci95_high"] - c[col]]
                 ax.errorbar(c[x].astype(float), c[col], yerr=err, capsize=2, **kw)
@@ -297,10 +342,18 @@ def save_figure(fig, out_png, title: str | None = None) -> None:
 
 def write_summary(sft_json, checkpoint_jsons, dataset_json, runs: dict[str, dict], out_csv,
                   out_png, title: str | None = None, val_prompts: int = 0,
-                  select_by: str = "reward", judge_jsons=()):
-    """Write ``summary.csv`` and ``summary.png``; returns the DataFrame."""
+                  select_by: str = "reward", judge_jsons=(), rm_metrics: dict | None = None):
+    """Write ``summary.csv`` and ``summary.png``; returns the DataFrame. With ``rm_metrics``
+    (the RM's metrics.json) the RM check goes into the table and the figure's title."""
     df = summary_table(sft_json, checkpoint_jsons, dataset_json, runs, val_prompts, select_by,
-                       judge_jsons)
+                       judge_jsons, rm_metrics)
+    if rm_metrics is not None:
+        c = rm_check(rm_metrics)
+        verdict = "beats" if c["clears_baseline"] else "does NOT clear"
+        line = (f"RM test accuracy {c['rm_test_accuracy']:.3f} [{c['rm_test_accuracy_ci95_low']:.3f}"
+                f", {c['rm_test_accuracy_ci95_high']:.3f}] {verdict} shorter-wins "
+                f"{c['rm_shorter_wins_accuracy']:.3f}")
+        title = f"{title}\n{line}" if title else line
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     plot_summary(df, out_png, title=title)

@@ -48,6 +48,10 @@ def python_command():
 # default lives) and every check a dry run can make (exoflow.config_check): a bad config stops
 # here with one line; --debug (or EXOFLOW_DEBUG=1) shows the traceback.
 PLAN = plan_or_exit(config, sys.argv)
+# A dry run shows every alignment run's resolved parameters ('*': set by the run's own entry).
+if {"-n", "--dry-run", "--dryrun"} & set(sys.argv):
+    for line in PLAN.run_table():
+        print(f"exoflow: run {line}", file=sys.stderr)
 # Ctrl-C: Snakemake waits for its running jobs without signalling them; SIGTERM them first
 # (a training job saves where it resumes from), so that every job ends with Snakemake.
 forward_interrupt()
@@ -199,4 +203,18 @@ def force_stale_jobs():
     if stale:
         settings.forcerun = frozenset(
             set(settings.forcerun or ()) | {o for s in stale for o in s.outputs}
+        )
+
+
+def print_rm_check():
+    """After a run: the summary's path and whether its RM beats "the shorter answer wins" on
+    the test pairs (exoflow.summary.rm_check), when both files exist."""
+    from exoflow.io import read_json
+    from exoflow.summary import rm_check, rm_check_line
+
+    summary, rm = Path(res("summary.csv")), Path(res("models/rm/metrics.json"))
+    if summary.exists() and rm.exists():
+        print(
+            f"exoflow: {summary}: {rm_check_line(rm_check(read_json(rm)))}",
+            file=sys.stderr,
         )

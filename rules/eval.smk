@@ -114,6 +114,7 @@ rule summarize:
             *PLAN.eval_rewards_targets(),
         ],
         judge=PLAN.judge_targets() if PLAN.judge_enabled() else [],
+        rm_metrics=res("models/rm/metrics.json"),
     output:
         csv=report(
             res("summary.csv"), caption="../report/summary_csv.rst", category="Summary"

@@ -37,7 +37,22 @@ def done(tmp_path_factory):
     (wd / "quick.yaml").write_text(QUICK)
     proc = snakemake(wd, "eval_all", *CFG)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    (wd / "eval_all.stderr").write_text(proc.stderr)
     return wd
+
+
+def test_eval_all_ends_saying_whether_the_rm_can_be_read(done):
+    """The last lines of eval_all: the RM's test accuracy, its interval and the shorter-wins
+    baseline, and whether the RM columns measure preference (summary.csv has the numbers)."""
+    lines = [ln for ln in (done / "eval_all.stderr").read_text().splitlines()
+             if ln.startswith("exoflow: results/tiny/summary.csv: RM test accuracy ")]
+    assert len(lines) == 1, lines
+    with open(done / "results" / "tiny" / "summary.csv") as f:
+        row = next(csv.DictReader(f))
+    acc, base = float(row["rm_test_accuracy"]), float(row["rm_shorter_wins_accuracy"])
+    assert f"RM test accuracy {acc:.3f} [95 % " in lines[0] and f"vs {base:.3f} for" in lines[0]
+    clears = float(row["rm_test_accuracy_ci95_low"]) > base
+    assert lines[0].endswith("the RM beats that baseline") == clears, lines[0]
 
 
 def dry(wd, *targets, extra=()):

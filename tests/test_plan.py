@@ -156,3 +156,20 @@ def test_smol_preset_aligns_at_its_validation_picks_and_its_grid_adds_each_lr():
         (loss, "rm_labels" if loss.endswith("-rw") else "p2r", lr)
         for loss in ("exo-rw", "dpo-rw", "exo-pref", "dpo-pref") for lr in (2e-5, 1e-4, 5e-4))
     assert swept["exo-rw_nc2_lr0.0001"] == ("exo-rw", "rm_labels", 1e-4)
+
+
+def test_the_run_table_shows_an_override_an_overlay_left_behind():
+    """configs/smol_hh.yaml's dpo-rw_nc2 lr (2e-5) survives an overlay that sets
+    align.defaults.lr: the dry run's table marks it, and lr is a summary column."""
+    smol = yaml.safe_load((ROOT / "configs" / "smol_hh.yaml").read_text())
+    plan = Plan(merged(smol, {"align": {"defaults": {"lr": 3.0e-4}}}))
+    table = plan.run_table()
+    assert table[0] == "exo-rw_nc2 (seed 42): loss=exo-rw data=rm_labels num_contrastive=2 lr=0.0003"
+    assert table[1] == "dpo-rw_nc2 (seed 42): loss=dpo-rw data=rm_labels num_contrastive=2 lr=2e-05*"
+    assert plan.varying_keys() == ["lr"]
+    meta = plan.run_meta()
+    assert meta["dpo-rw_nc2"]["params"] == {"lr": 2e-5} and meta["exo-rw_nc2"]["params"] == {"lr": 3e-4}
+    sweep = Plan(merged(TINY, {"align": {"runs": {"exo-rw_nc2": {
+        "loss": "exo-rw", "data": "rm_labels", "beta_r": 0.1}}}}))
+    assert sweep.varying_keys() == ["lr", "beta_r"]
+    assert sweep.run_table()[0].endswith("lr=0.0001 beta_r=0.1*")

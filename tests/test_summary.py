@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from exoflow.io import write_json, write_records
-from exoflow.summary import columns, summary_table, write_summary
+from exoflow.summary import columns, rm_check, rm_check_line, summary_table, write_summary
 from tests.helpers import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_summary_rows_columns_and_png(tmp_path, gold):
                        title="tiny")
     csv = pd.read_csv(tmp_path / "summary.csv")
     want_cols = (["run", "configuration", "seed", "loss", "data", "num_contrastive", "ckpt",
-                  "step", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
+                  "step", "epoch", "step_lr", "reward_mean", "reward_ci95_low", "reward_ci95_high", "win_rate",
                   "kl_exact", "kl"]
                  + (["gold_mean", "gold_ci95_low", "gold_ci95_high", "gold_vs_sft_mean",
                      "gold_vs_sft_ci95_low", "gold_vs_sft_ci95_high"] if gold else [])
@@ -131,3 +131,33 @@ def test_summarize_cli(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "s.csv")) == 7
     assert (tmp_path / "s.png").stat().st_size > 0
     assert "dataset-chosen" in capsys.readouterr().out
+
+
+def test_run_parameters_and_the_rm_check_are_columns(tmp_path):
+    """The run parameters that differ between runs (the plan's varying keys, lr always) after
+    num_contrastive; the RM's test accuracy, its Wilson interval (by hand) and the shorter-wins
+    baseline on every row; the figure's title says whether the RM beats that baseline."""
+    sft, cks, ds = write_world(tmp_path, gold=False)
+    runs = {r: dict(m, params={"lr": lr, "beta_r": 0.5}) for (r, m), lr in
+            zip(RUNS.items(), (1e-4, 2e-5))}
+    metrics = {"test_accuracy": 0.5625, "num_test": 64, "test_shorter_wins_accuracy": 0.609}
+    df = write_summary(sft, cks, ds, runs, tmp_path / "s.csv", tmp_path / "s.png", title="t",
+                       rm_metrics=metrics)
+    cols = list(df.columns)
+    assert cols[cols.index("num_contrastive") + 1:cols.index("ckpt")] == ["lr", "beta_r"]
+    assert list(df["lr"].iloc[1:5]) == [1e-4, 1e-4, 2e-5, 2e-5] and pd.isna(df["lr"].iloc[0])
+    z, n, p = 1.96, 64, 0.5625  # Wilson, written out
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    row = df.iloc[3]
+    assert row["rm_test_accuracy"] == p and row["rm_test_pairs"] == 64
+    assert row["rm_test_accuracy_ci95_low"] == pytest.approx(centre - half, abs=1e-12)
+    assert row["rm_test_accuracy_ci95_high"] == pytest.approx(centre + half, abs=1e-12)
+    assert row["rm_shorter_wins_accuracy"] == 0.609
+    check = rm_check(metrics)
+    assert not check["clears_baseline"]  # 0.5625 [0.441, 0.677] does not clear 0.609
+    assert rm_check_line(check).endswith(
+        "does not clear that baseline, so the RM reward and win-rate columns do not measure "
+        "preference (the gold or judge columns may)")
+    good = rm_check({"test_accuracy": 0.91, "num_test": 300, "test_shorter_wins_accuracy": 0.5})
+    assert good["clears_baseline"] and rm_check_line(good).endswith("the RM beats that baseline")

@@ -20,6 +20,8 @@ def make_parser():
     p.input("checkpoints", "every checkpoint's reward.json", nargs="*", default=[])
     p.input("judge", "the judge's win_rate.json files (none: no judge columns)", nargs="*",
             default=[])
+    p.input("rm_metrics", "the reward model's metrics.json (its test accuracy is checked "
+            "against the shorter-wins baseline)", default=None)
     p.param("runs", "JSON {run: {configuration, seed, loss, data, num_contrastive}} (run "
             "order), or a JSON file")
     p.param("val_prompts", "the first N evaluated prompts pick each run's checkpoint", type=int)
@@ -41,7 +43,8 @@ def main(argv=None):
     runs = args.runs if isinstance(args.runs, dict) else read_json(args.runs)
     df = write_summary(args.sft, args.checkpoints, args.dataset, runs, args.csv, args.png,
                        title=args.title, val_prompts=args.val_prompts, select_by=args.select_by,
-                       judge_jsons=args.judge)
+                       judge_jsons=args.judge,
+                       rm_metrics=read_json(args.rm_metrics) if args.rm_metrics else None)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.to_string(index=False))
 
