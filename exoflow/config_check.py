@@ -110,10 +110,11 @@ def check_vocabulary(folder: Path) -> None:
     larger one would feed ids past the embedding (an IndexError on the CPU, a device-side
     assert on a GPU) in the middle of SFT."""
     try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model_json = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    nested = "text_config"  # multimodal models nest their text model's settings there
+    size = model_json.get("vocab_size") or (model_json.get(nested) or {}).get("vocab_size")
     n = tokenizer_ids(folder)
     if isinstance(size, int) and n is not None and n > size:
         raise ConfigError(
@@ -260,12 +261,12 @@ def config_values_as_yaml(config: dict, argv: list[str]) -> None:
         _merge(config, key, value)
 
 
-def _merge(config: dict, key: str, value) -> None:
-    if isinstance(value, dict) and isinstance(config.get(key), dict):
+def _merge(into: dict, key: str, value) -> None:
+    if isinstance(value, dict) and isinstance(into.get(key), dict):
         for k, v in value.items():
-            _merge(config[key], k, v)
+            _merge(into[key], k, v)
     else:
-        config[key] = value
+        into[key] = value
 
 
 def plan_or_exit(config: dict, argv: list[str]) -> Plan:

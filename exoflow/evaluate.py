@@ -83,7 +83,7 @@ from .errors import check_finite
 from .io import RecordError, iter_records, read_json, read_numbered, write_json, write_records
 from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
-from .params import LayoutParams, SampleParams
+from .params import LayoutParams, ScoredParams
 from .rewards import load_scorer, score_texts
 from .runtime import default_device
 from .stats import flatten, reshape, summarize
@@ -217,7 +217,7 @@ def _same_folder(a, b) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _lm_logps(model_dir, prompts, completions, params: SampleParams, dtype, device,
+def _lm_logps(model_dir, prompts, completions, params: ScoredParams, dtype, device,
               max_gen_len: int):
     """Summed log-probs (EOS appended) of whole completions; prompts cut as when sampling."""
     tok = load_tokenizer(str(model_dir), padding_side="right")
@@ -232,7 +232,7 @@ def _lm_logps(model_dir, prompts, completions, params: SampleParams, dtype, devi
     return out
 
 
-def _pair_stats(policy_dir, sft_dir, prompts, completions, params: SampleParams, dtype, device,
+def _pair_stats(policy_dir, sft_dir, prompts, completions, params: ScoredParams, dtype, device,
                 max_gen_len: int):
     """(log π, log π_SFT, exact per-token KL at the sampling temperature) of every sample, with
     both models in memory and one forward of each per batch."""
@@ -287,7 +287,7 @@ def _read_samples(path) -> tuple[list[str], list[list[str]]]:
 
 def evaluate_samples(prompts: list[str], completions: list[list[str]],
                      sft_completions: list[list[str]], *, rm_dir, sft_dir, policy_dir,
-                     scoring: SampleParams, rm_layout: LayoutParams, gold: bool,
+                     scoring: ScoredParams, rm_layout: LayoutParams, gold: bool,
                      dtype: str | None = None, device: str | None = None) -> list[dict]:
     """The per-prompt records of ``rewards.jsonl`` (one model in memory at a time):
     ``scoring`` gives the prompt length the samples were drawn with, the scoring batch size and
@@ -333,7 +333,7 @@ def evaluate_samples(prompts: list[str], completions: list[list[str]],
 
 def eval_checkpoint(samples_file, sft_samples_file, rm_dir, sft_dir, policy_dir,
                     summary_json, rewards_file, *, run: str, ckpt: int,
-                    scoring: SampleParams, rm_layout: LayoutParams, gold: bool,
+                    scoring: ScoredParams, rm_layout: LayoutParams, gold: bool,
                     dtype: str | None = None, device: str | None = None) -> dict:
     """Evaluate one checkpoint's samples; write ``rewards_file`` and ``summary_json``
     (``scoring``, ``rm_layout``: see :func:`evaluate_samples`).

@@ -34,7 +34,8 @@ from .errors import ParamsError
 
 __all__ = ["AlignParams", "AlignSection", "Config", "DataParams", "EngineParams", "EvalParams",
            "GenerationParams", "JudgeParams", "LayoutParams", "LoraParams", "ModelParams", "OptimParams",
-           "RMParams", "SFTParams", "SampleParams", "ScratchParams", "Section", "StudyParams",
+           "RMParams", "SFTParams", "SampleParams", "ScoredParams", "ScratchParams", "Section",
+           "StudyParams",
            "SyntheticParams", "TrainParams", "config_schema", "param"]
 
 LOSS_NAMES = ("exo-pref", "exo-rw", "dpo-pref", "dpo-rw")  # exoflow.losses.LOSSES (tested)
@@ -655,16 +656,26 @@ class GenerationParams(Section):
 
 
 @dataclass(kw_only=True)
-class SampleParams(GenerationParams):
-    """Config ``sample``: the SFT samples that the RM labels for the *-rw runs."""
+class ScoredParams(GenerationParams):
+    """Sampling, then scoring the samples (``sample`` and ``eval`` share these keys)."""
 
-    SECTION: ClassVar[str] = "sample"
     score_batch_size: int = param(32, "Sequences per forward when scoring (RM rewards, "
                                   "log-probs).", minimum=1)
 
 
 @dataclass(kw_only=True)
-class EvalParams(SampleParams):
+class SampleParams(ScoredParams):
+    """Config ``sample``: the SFT samples that the RM labels for the *-rw runs."""
+
+    SECTION: ClassVar[str] = "sample"
+    max_prompts: int | None = param(None, "This many train prompts, a subset drawn by the seed "
+                                    "(kept in file order, each prompt's samples those it has "
+                                    "in the whole file), for quick runs: the rm_labels runs "
+                                    "train on them; null: all.", minimum=1)
+
+
+@dataclass(kw_only=True)
+class EvalParams(ScoredParams):
     """Config ``eval``: samples of every evaluated checkpoint on the test prompts."""
 
     SECTION: ClassVar[str] = "eval"

@@ -231,7 +231,8 @@ def _shared_prompt_cache(model, prompts: list[list[int]], width: int, repeats: i
 def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                        temperature: float, top_k: int, max_new_tokens: int, max_len: int,
                        batch_size: int, seed: int, progress: bool = True,
-                       stop_at_turn: bool = True, share_prompt_cache: bool = True,
+                       stop_at_turn: bool = True, stream_ids: list[int] | None = None,
+                       share_prompt_cache: bool = True,
                        static_cache: bool = True) -> list[list[str]]:
     """``num_return`` completions for each prompt, in prompt order (see the module docstring).
 
@@ -239,6 +240,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
     Prompts are left-truncated to ``max_len`` tokens (an empty prompt becomes one EOS, the
     Pythia BOS). ``temperature=0`` is greedy (all ``num_return`` completions then agree).
     ``stop_at_turn``: end a completion at the next dialogue turn (see the module docstring).
+    ``stream_ids``: the number of each prompt's random stream (default: its position), so that
+    a subset of a file draws the samples its prompts draw in the whole file.
     ``share_prompt_cache``: run each prompt through the model once and copy its KV cache to
     its ``num_return`` rows of a preallocated static cache, instead of once per row into
     ``generate``'s growing one (same samples; less prompt compute, no cache copy per step).
@@ -259,7 +262,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
     new_tokens, t0 = 0, time.perf_counter()
     with inference(model), progress_bar(len(prompts), "sampling", "prompt", progress) as bar:
         for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
-            keys = [(i, j) for i in idx for j in range(num_return)]
+            ids = stream_ids if stream_ids is not None else range(len(prompts))
+            keys = [(ids[i], j) for i in idx for j in range(num_return)]
             uniq = pad_batch([_as_prompt(encoded[i]) for i in idx], pad_id, side="left")
             batch = {k: v.repeat_interleave(num_return, 0) for k, v in uniq.items()}
             width = batch["input_ids"].shape[1]
@@ -280,7 +284,8 @@ def sample_completions(model, tokenizer, prompts: list[str], num_return: int,
                 generation_config=gen_config, logits_processor=processors,
                 stopping_criteria=stop, **extra,
             )
-            for (i, _), row in zip(keys, out[:, width:].tolist()):
+            for (i, _), row in zip([(i, j) for i in idx for j in range(num_return)],
+                                   out[:, width:].tolist()):
                 ids = _strip_generated(row, eos_id)
                 new_tokens += len(ids)
                 text = decode_response(tokenizer, encoded[i], ids)
@@ -302,9 +307,19 @@ def read_prompts(in_file, num_prompts: int | None = None) -> list[str]:
     return prompts
 
 
+def subset_indices(n: int, k: int | None, seed: int) -> list[int]:
+    """``k`` of ``range(n)`` drawn by ``seed``, in ascending order (all of them when ``k`` is
+    None or at least ``n``): the same seed gives the same subset, whatever else changes."""
+    import random
+
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(random.Random(f"exoflow-subset-{seed}").sample(range(n), k))
+
+
 def sample_file(model_dir, in_file, out_file, params: GenerationParams, seed: int,
                 num_prompts: int | None = None, dtype: str | None = None,
-                device: str | None = None) -> int:
+                device: str | None = None, subset: int | None = None) -> int:
     """Sample ``params.num_return`` completions for each prompt of ``in_file`` (the first
     ``num_prompts``, when given).
 
@@ -312,6 +327,8 @@ def sample_file(model_dir, in_file, out_file, params: GenerationParams, seed: in
     returns how many. ``device`` defaults to CUDA when available.
     """
     prompts = read_prompts(in_file, num_prompts)
+    ids = subset_indices(len(prompts), subset, seed)
+    prompts = [prompts[i] for i in ids]
     tok = load_tokenizer(str(model_dir), padding_side="left")
     model = load_causal_lm(str(model_dir), dtype=dtype).to(default_device(device)).eval()
     t0 = time.perf_counter()
@@ -319,7 +336,7 @@ def sample_file(model_dir, in_file, out_file, params: GenerationParams, seed: in
                               temperature=params.temperature, top_k=params.top_k,
                               max_new_tokens=params.max_new_tokens,
                               max_len=params.max_prompt_len, batch_size=params.batch_size,
-                              seed=seed, stop_at_turn=params.stop_at_turn)
+                              seed=seed, stop_at_turn=params.stop_at_turn, stream_ids=ids)
     dt = time.perf_counter() - t0
     print(f"sampled {len(prompts)} prompts x {params.num_return} in {dt:.1f}s "
           f"({len(prompts) / max(dt, 1e-9):.1f} prompts/s)", file=sys.stderr)

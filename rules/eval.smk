@@ -32,6 +32,7 @@ rule sample_checkpoint:
         generation=as_json(CFG.eval.generation()),
         seed=CFG.seed,
         num_prompts=as_json(CFG.eval.num_prompts),
+        subset=as_json(None),
         dtype=as_json(PLAN.inference_dtype()),
     shell:
         run_script("sample", PLAN.inference_prefix(threads=False))

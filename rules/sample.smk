@@ -22,6 +22,7 @@ rule sample_sft:
         generation=as_json(CFG.sample.generation()),
         seed=CFG.seed,
         num_prompts=as_json(None),
+        subset=lambda w: as_json(CFG.sample.max_prompts if w.split == "train" else None),
         dtype=as_json(PLAN.inference_dtype()),
     shell:
         run_script("sample", PLAN.inference_prefix(threads=False))

@@ -167,6 +167,27 @@ def test_sample_file_keeps_input_order(lm, tok, tok_dir, prompts, tmp_path):
     assert read_records(tmp_path / "s3.jsonl") == out[:3]
 
 
+def test_a_seeded_subset_draws_what_the_whole_file_draws(lm, tok, prompts, tmp_path):
+    """sample.max_prompts: the subset is drawn by the seed (the same one every time, another
+    for another seed), kept in file order, and each prompt's samples are those it gets in the
+    whole file (its random stream is its position in the file)."""
+    from exoflow.sampling import subset_indices
+
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    write_records(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts])
+    params = GenerationParams.from_dict({"num_return": 2, "max_new_tokens": 6, "batch_size": 3})
+    sample_file(tmp_path / "lm", tmp_path / "in.jsonl", tmp_path / "all.jsonl", params, seed=3)
+    sample_file(tmp_path / "lm", tmp_path / "in.jsonl", tmp_path / "sub.jsonl", params, seed=3,
+                subset=3)
+    whole, sub = read_records(tmp_path / "all.jsonl"), read_records(tmp_path / "sub.jsonl")
+    ids = subset_indices(len(prompts), 3, 3)
+    assert ids == sorted(ids) and len(set(ids)) == 3 and ids == subset_indices(7, 3, 3)
+    assert sub == [whole[i] for i in ids]
+    assert any(subset_indices(7, 3, s) != ids for s in range(4, 10))
+    assert subset_indices(7, None, 3) == subset_indices(7, 9, 3) == list(range(7))
+
+
 def test_params_refuse_unknown_keys():
     with pytest.raises(ValueError, match="sample.temprature: unknown key .did you mean "
                                          "'temperature'"):

@@ -19,6 +19,7 @@ def make_parser():
             section=GenerationParams)
     p.param("seed", "the config's seed", type=int)
     p.param("num_prompts", "the first N prompts (null: all)", default=None)
+    p.param("subset", "then this many of them, drawn by the seed (null: all)", default=None)
     p.param("dtype", "the precision to load the model in (null: its own)", default=None)
     p.threads()
     p.output("samples", "{prompt, completions} records, JSON Lines")
@@ -33,7 +34,8 @@ def main(argv=None):
 
     set_threads(args.threads)
     n = sample_file(folder_of(args.model), args.prompts, args.samples, args.generation,
-                    args.seed, num_prompts=args.num_prompts, dtype=args.dtype)
+                    args.seed, num_prompts=args.num_prompts, dtype=args.dtype,
+                    subset=args.subset)
     print(f"{n} prompts x {args.generation.num_return} completions -> {args.samples}")
 
 
