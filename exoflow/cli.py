@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import locks
 from .errors import ExoflowError
@@ -33,8 +34,9 @@ from .io import disk_error, os_error_line
 
 DEBUG_ENV = "EXOFLOW_DEBUG"
 SOURCES = ("input", "output", "params", "wildcards", "threads")
-# The rule running the script and its code hash (shell_args adds both): the job record's
-RULE_FLAG, CODE_FLAG = "--exoflow-rule", "--exoflow-code"
+# The code hash of the rule running the script (shell_args adds it): with it, the script
+# leaves a job record beside its outputs (exoflow.provenance)
+CODE_FLAG = "--exoflow-code"
 
 # The job parse_args read (rule, outputs, params and wildcards as given), for the job record
 # run() writes once main() has succeeded (exoflow.provenance).
@@ -61,7 +63,6 @@ class ScriptParser(argparse.ArgumentParser):
         if launched:  # torchrun's and deepspeed's own argument
             self.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                               help=argparse.SUPPRESS)
-        self.add_argument(RULE_FLAG, dest="exoflow_rule", default=None, help=argparse.SUPPRESS)
         self.add_argument(CODE_FLAG, dest="exoflow_code", default=None, help=argparse.SUPPRESS)
 
     def _tagged(self, source: str, name: str, help: str, **kwargs):
@@ -91,10 +92,9 @@ class ScriptParser(argparse.ArgumentParser):
         raw = list(sys.argv[1:] if args is None else args)
         ns = super().parse_args(args, namespace)
         _JOB.clear()
-        if ns.exoflow_rule:
-            _JOB.update(rule=ns.exoflow_rule, **self._as_given(raw, ns))
-            if ns.exoflow_code is not None:
-                _JOB["params"].setdefault("code", ns.exoflow_code)
+        if ns.exoflow_code is not None:  # run by a rule
+            _JOB.update(script=Path(sys.argv[0]).stem, **self._as_given(raw, ns))
+            _JOB["params"].setdefault("code", ns.exoflow_code)
         for name, cls in self.sections.items():
             if getattr(ns, name) is not None:
                 setattr(ns, name, cls.from_json(getattr(ns, name),
@@ -153,7 +153,7 @@ def script_parser(path) -> ScriptParser:
 def shell_args(parser: ScriptParser) -> str:
     """The shell words a rule passes to the script of ``parser``: ``--<name> {<source>.<name>:q}``
     for every argument (``{threads}`` for the threads), in the script's order."""
-    words = [f"{RULE_FLAG} {{rule}} {CODE_FLAG} {{params.code}}"]
+    words = [f"{CODE_FLAG} {{params.code}}"]
     for name, source in parser.sources.items():
         flag = "--" + name.replace("_", "-")
         words.append(f"{flag} {{threads}}" if source == "threads"
@@ -198,7 +198,7 @@ def _finished(out):
     if _JOB and os.environ.get("RANK", "0") == "0":
         from .provenance import write_record
 
-        write_record(_JOB["rule"], _JOB["outputs"], _JOB["params"], _JOB["wildcards"])
+        write_record(_JOB["script"], _JOB["outputs"], _JOB["params"], _JOB["wildcards"])
     return out
 
 

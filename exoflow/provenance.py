@@ -35,14 +35,15 @@ def record_path(first_output) -> Path:
     return p.parent / f"{RECORD_PREFIX}{p.name}.json"
 
 
-def write_record(rule: str, outputs: list[str], params: dict[str, str],
+def write_record(script: str, outputs: list[str], params: dict[str, str],
                  wildcards: dict[str, str]) -> Path | None:
     """Write the job record (atomically: a reader never sees half of one); None without
-    outputs. ``params``: each value as the script received it (a string)."""
+    outputs. ``params``: each value as the script received it (a string); the rule that made
+    the outputs is found again from their paths."""
     if not outputs:
         return None
     path = record_path(outputs[0])
-    rec = {"rule": rule, "outputs": [str(o) for o in outputs], "params": params,
+    rec = {"script": script, "outputs": [str(o) for o in outputs], "params": params,
            "wildcards": wildcards}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(rec, sort_keys=True, indent=1) + "\n", encoding="utf-8")
@@ -110,22 +111,23 @@ def _short(v) -> str:
 
 
 def stale_jobs(results_dir, expected) -> list[Stale]:
-    """The stale jobs under ``results_dir``. ``expected(rule, wildcards)``: the params the rule
-    passes now for those wildcards (``{name: str}``, or None when the rule is no longer
-    planned: its record is then ignored)."""
+    """The stale jobs under ``results_dir``. ``expected(first_output)``: ``(rule, params)`` of
+    the rule that makes that file now and the params it passes for it (``{name: str}``), or
+    None when no planned rule makes it (its record is then ignored)."""
     out = []
     for _, rec in read_records(results_dir):
         outputs = [str(o) for o in rec["outputs"]]
         if not all(Path(o).exists() for o in outputs):
             continue  # Snakemake makes a missing output anyway
-        want = expected(rec.get("rule"), rec.get("wildcards") or {})
-        if want is None:
+        found = expected(outputs[0])
+        if found is None:
             continue
+        rule, want = found
         have = rec["params"]
         # the params the job was given (a rule's params that its script does not take change
         # nothing it makes; the code hash is recorded apart from them)
         changes = [_json_changes(k, str(have[k]), str(want[k])) for k in sorted(want)
                    if k in have and str(have[k]) != str(want[k])]
         if changes:
-            out.append(Stale(str(rec.get("rule")), outputs, changes))
+            out.append(Stale(str(rule), outputs, changes))
     return out

@@ -136,13 +136,17 @@ def judge_inputs(wildcards):
 # ---- job records -----------------------------------------------------------------------------
 
 
-def expected_params(name, wildcards):
-    """What rule ``name`` passes its script now for ``wildcards`` ({param: str}), or None
-    when no such rule is planned (exoflow.provenance.stale_jobs)."""
-    try:
-        planned = workflow.get_rule(name)
-    except Exception:
+def expected_params(path):
+    """(name, params as passed now, each a str) of the planned job that makes ``path``, or
+    None when none makes it (exoflow.provenance.stale_jobs)."""
+    planned = next((r for r in workflow.rules if r.is_producer(path)), None)
+    if planned is None:
         return None
+    return planned.name, params_now(planned, dict(planned.get_wildcards(path)))
+
+
+def params_now(planned, wildcards):
+    """The params the job of ``planned`` for ``wildcards`` passes now, each a str."""
     w = SimpleNamespace(**wildcards)
     out = {}
     for key, value in planned.params.items():

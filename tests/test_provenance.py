@@ -13,11 +13,11 @@ from exoflow.provenance import record_path, stale_jobs, write_record
 from tests.helpers import copy_workflow, planned_jobs, snakemake
 
 
-def _job(tmp_path, name="a.jsonl", params=None, rule="r", make=True):
+def _job(tmp_path, name="a.jsonl", params=None, make=True):
     out = tmp_path / name
     if make:
         out.write_text("x\n")
-    write_record(rule, [str(out)], params or {"p": "1", "sec": '{"a":1,"b":{"c":2}}'},
+    write_record("script", [str(out)], params or {"p": "1", "sec": '{"a":1,"b":{"c":2}}'},
                  {"split": "train"})
     return out
 
@@ -26,28 +26,29 @@ def test_a_record_that_agrees_is_not_stale(tmp_path):
     out = _job(tmp_path)
     assert record_path(out).name == ".exoflow-job.a.jsonl.json"
     rec = json.loads(record_path(out).read_text())
-    assert rec["rule"] == "r" and rec["wildcards"] == {"split": "train"}
+    assert rec["script"] == "script" and rec["wildcards"] == {"split": "train"}
     seen = []
 
-    def expected(rule, wildcards):
-        seen.append((rule, wildcards))
-        return {"p": "1", "sec": '{"a":1,"b":{"c":2}}', "only_the_rule_has_it": "x"}
+    def expected(first_output):
+        seen.append(first_output)
+        return "r", {"p": "1", "sec": '{"a":1,"b":{"c":2}}', "only_the_rule_has_it": "x"}
 
-    assert stale_jobs(tmp_path, expected) == [] and seen == [("r", {"split": "train"})]
+    assert stale_jobs(tmp_path, expected) == [] and seen == [str(out)]
 
 
 def test_a_changed_param_is_named_with_both_values(tmp_path):
     out = _job(tmp_path)
-    stale = stale_jobs(tmp_path, lambda r, w: {"p": "2", "sec": '{"a":1,"b":{"c":3}}'})
+    stale = stale_jobs(tmp_path, lambda o: ("r", {"p": "2", "sec": '{"a":1,"b":{"c":3}}'}))
     assert len(stale) == 1 and stale[0].outputs == [str(out)]
     assert stale[0].line() == f"stale: {out} (r): p 1 -> 2; sec.b.c 2 -> 3; re-made"
 
 
 def test_what_cannot_be_compared_is_left_to_snakemake(tmp_path):
     _job(tmp_path, "missing.jsonl", make=False)  # an output is missing: Snakemake makes it
-    _job(tmp_path, "gone.jsonl", rule="removed")  # a rule no longer planned
+    _job(tmp_path, "gone.jsonl")  # no planned rule makes it any more
     (tmp_path / ".exoflow-job.broken.json").write_text("{not json")
-    assert stale_jobs(tmp_path, lambda r, w: None if r == "removed" else {"p": "9"}) == []
+    assert stale_jobs(tmp_path, lambda o: None if o.endswith("gone.jsonl") else
+                      ("r", {"p": "9"})) == []
 
 
 def test_copied_results_are_rechecked_not_rerun(tmp_path):
@@ -60,7 +61,7 @@ def test_copied_results_are_rechecked_not_rerun(tmp_path):
     proc = snakemake(wd, "data", *cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((wd / "results/tiny/data/pref/.exoflow-job.train.jsonl.json").read_text())
-    assert rec["rule"] == "preprocess" and set(rec["params"]) == {"data", "seed", "code"}
+    assert rec["script"] == "preprocess" and set(rec["params"]) == {"data", "seed", "code"}
 
     other = copy_workflow(tmp_path / "b")
     shutil.copytree(wd / "results", other / "results")  # copy2: times kept, as cp -a
