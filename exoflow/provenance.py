@@ -110,6 +110,27 @@ def _short(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+# What the stage targets of the Snakefile are made from (paths under results/<run>/): a stale
+# output outside the requested targets' stages is listed, not re-made (it will be when asked for)
+_DATA = ("data/pref/", "data/p2r/", "data/stats")
+STAGE_SCOPES = {
+    "data": _DATA,
+    "models": (*_DATA, "models/tokenizer/", "models/base/", "models/sft/", "models/rm/"),
+    "labels": (*_DATA, "models/tokenizer/", "models/base/", "models/sft/", "models/rm/",
+               "data/sft_samples/", "data/rm_labels/"),
+}
+
+
+def in_scope(output: str, results_dir, targets) -> bool:
+    """Whether ``output`` is made for ``targets`` (Snakemake's requested targets; none: the
+    default, everything): only the stage targets of :data:`STAGE_SCOPES` narrow it."""
+    targets = list(targets or [])
+    if not targets or any(t not in STAGE_SCOPES for t in targets):
+        return True
+    rel = Path(output).as_posix().removeprefix(Path(results_dir).as_posix() + "/")
+    return any(rel.startswith(p) for t in targets for p in STAGE_SCOPES[t])
+
+
 def stale_jobs(results_dir, expected) -> list[Stale]:
     """The stale jobs under ``results_dir``. ``expected(first_output)``: ``(rule, params)`` of
     the rule that makes that file now and the params it passes for it (``{name: str}``), or

@@ -14,7 +14,7 @@ from exoflow.codehash import code_hash
 from exoflow.config_check import plan_or_exit
 from exoflow.errors import ExoflowError
 from exoflow.plan import rule_name
-from exoflow.provenance import stale_jobs
+from exoflow.provenance import in_scope, stale_jobs
 from exoflow.signals import forward_interrupt
 
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
@@ -202,12 +202,20 @@ def force_stale_jobs():
     if settings is None or getattr(settings, "target_jobs", None):
         return
     stale = stale_jobs(RESULTS, expected_params)
+    targets = [str(t) for t in (getattr(settings, "targets", None) or ())]
+    forced = set()
     for s in stale:
-        print(f"exoflow: {s.line()}", file=sys.stderr)
-    if stale:
-        settings.forcerun = frozenset(
-            set(settings.forcerun or ()) | {o for s in stale for o in s.outputs}
-        )
+        if in_scope(s.outputs[0], RESULTS, targets):
+            print(f"exoflow: {s.line()}", file=sys.stderr)
+            forced |= set(s.outputs)
+        else:
+            print(
+                f"exoflow: {s.line().removesuffix('; re-made')}; not needed by "
+                f"{' '.join(targets)}: re-made when a target needs it",
+                file=sys.stderr,
+            )
+    if forced:
+        settings.forcerun = frozenset(set(settings.forcerun or ()) | forced)
 
 
 def print_rm_check():

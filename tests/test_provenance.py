@@ -9,7 +9,7 @@ training job's schedule keys: tests/test_e2e.py.
 import json
 import shutil
 
-from exoflow.provenance import record_path, stale_jobs, write_record
+from exoflow.provenance import in_scope, record_path, stale_jobs, write_record
 from tests.helpers import copy_workflow, planned_jobs, snakemake
 
 
@@ -81,3 +81,13 @@ def test_copied_results_are_rechecked_not_rerun(tmp_path):
     assert sum(1 for _ in open(other / "results/tiny/data/pref/train.jsonl")) == 500
     proc = snakemake(other, "data", "-n", *cfg, "more.yaml")
     assert planned_jobs(proc) == {} and "stale" not in proc.stderr
+
+
+def test_a_stage_target_re_makes_only_its_stages_stale_outputs():
+    r = "results/tiny"
+    assert in_scope(f"{r}/data/pref/train.jsonl", r, ["data"])
+    assert not in_scope(f"{r}/models/sft/config.json", r, ["data"])
+    assert in_scope(f"{r}/models/sft/config.json", r, ["models"])
+    assert not in_scope(f"{r}/models/align/x/ckpt1/config.json", r, ["labels"])
+    for targets in ([], ["eval_all"], ["all"], [f"{r}/eval/x/ckpt1/reward.json"], ["data", "x"]):
+        assert in_scope(f"{r}/models/align/x/ckpt1/config.json", r, targets), targets
