@@ -80,7 +80,15 @@ from pathlib import Path
 
 from .batching import response_ids
 from .errors import check_finite
-from .io import RecordError, iter_records, read_json, read_numbered, write_json, write_records
+from .io import (
+    PARAMS_FILE,
+    RecordError,
+    iter_records,
+    read_json,
+    read_numbered,
+    write_json,
+    write_records,
+)
 from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
 from .params import LayoutParams, ScoredParams
@@ -88,7 +96,6 @@ from .rewards import load_scorer, score_texts
 from .runtime import default_device
 from .stats import flatten, reshape, summarize
 from .synthetic import gold_rewards
-from .workdir import PARAMS_FILE
 
 # ---- pure aggregation ------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ class _NotFinite(ValueError):
         self.token = token
 
 
+PARAMS_FILE = "exoflow_params.json"  # the resolved parameters, next to a model or in a work dir
+
 def _finite_float(text: str) -> float:
     x = float(text)
     if x != x or x in (float("inf"), float("-inf")):

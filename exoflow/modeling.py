@@ -19,7 +19,7 @@ from typing import Iterable
 
 from .errors import ExoflowError, NonFiniteError
 from .hub import hub_endpoint, hub_reachable
-from .io import atomic_folder, read_json
+from .io import PARAMS_FILE, atomic_folder, read_json
 from .params import ScratchParams
 from .runtime import torch_dtype
 
@@ -196,8 +196,6 @@ def check_finite_weights(state_dict, where) -> None:
     with torch.no_grad():
         for name, t in state_dict.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                from .workdir import PARAMS_FILE
-
                 if Path(str(where)).is_dir() and not (Path(str(where)) / PARAMS_FILE).exists():
                     raise NonFiniteError(  # a user's own model (model.init), not exoflow's
                         f"{where}: tensor {name!r} holds NaN or infinite values as given (not a "

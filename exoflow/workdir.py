@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_folder, disk_error, read_json, write_json
+from .io import PARAMS_FILE, atomic_folder, disk_error, read_json, write_json
 from .locks import LOCK_PREFIX
 from .lora import is_peft, merged_state_dict
 from .modeling import check_finite_weights
@@ -22,7 +22,6 @@ from .modeling import check_finite_weights
 __all__ = ["PARAMS_FILE", "empty_dir", "jsonable", "last_checkpoint", "remove_checkpoints",
            "run_trainer", "save_model"]
 
-PARAMS_FILE = "exoflow_params.json"  # the resolved parameters, next to a model or in a work dir
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
