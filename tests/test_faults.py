@@ -56,7 +56,7 @@ def align_cli(tiny, name, train, ref=None, **params):
 
 def ref_cli(tiny, data, out, *extra):
     return cli("precompute_ref", "--reference", tiny.sft, "--data", data, "--cache", out,
-               "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--batch-size", 8,
+               "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--eos", 1, "--batch-size", 8,
                "--runtime", RUNTIME, *extra)
 
 
@@ -178,7 +178,7 @@ def test_debug_shows_the_traceback(tiny):
     out = tiny.root / "y.jsonl"
     for proc in (ref_cli(tiny, path, out, "--debug"),
                  cli("precompute_ref", "--reference", tiny.sft, "--data", path, "--cache", out,
-                     "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--batch-size", 8,
+                     "--temp", 0.8, "--max-len", 64, "--max-gen-len", 24, "--eos", 1, "--batch-size", 8,
                      "--runtime", RUNTIME, env={"EXOFLOW_DEBUG": "1"})):
         assert proc.returncode != 0 and "Traceback" in proc.stderr and "RecordError" in proc.stderr
 
@@ -356,7 +356,8 @@ def test_run_params_reaching_the_scripts_are_the_configs_own(wf):
              **tiny["defaults"], **tiny["runs"]["exo-rw_nc2"]}
     assert json.loads(m.group(1)) == AlignParams.from_dict(given).to_dict()
     assert {k: json.loads(m.group(1))[k] for k in given} == given
-    m = re.search(r"train_stage\.py --stage sft .*?--params '(\{[^']*\})'", out)
+    m = re.search(r"train_stage\.py (?:--exoflow-code \S+ )?--stage sft .*?--params '(\{[^']*\})'",
+                  out)
     given = {**yaml.safe_load((wf / "config.yaml").read_text())["sft"],
              **yaml.safe_load((wf / "configs" / "tiny.yaml").read_text())["sft"]}
     assert {k: json.loads(m.group(1))[k] for k in given} == given

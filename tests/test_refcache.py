@@ -115,7 +115,7 @@ def test_precompute_cli(tiny, tmp_path):
     cli = script_module("precompute_ref")
     out = tmp_path / "c.jsonl"
     cli.main(["--reference", str(tiny.sft), "--data", str(tiny.k4), "--cache", str(out),
-              "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--batch-size", "5",
+              "--temp", "0.8", "--max-len", "64", "--max-gen-len", "24", "--eos", "1", "--batch-size", "5",
               "--runtime", "{}"])
     torch.testing.assert_close(torch.tensor(read_ref_cache(out)[1]),
                                torch.tensor(read_ref_cache(tiny.cache)[1]), rtol=0, atol=1e-5)
