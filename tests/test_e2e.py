@@ -246,13 +246,14 @@ def test_common_random_numbers(done):
     the same seed and sampling parameters, so sample j of prompt i comes from the same random
     stream (exoflow.sampling.stream_seed(seed, i, j)) in every run."""
     proc = snakemake(done, "eval_all", "-n", "-p", "--forceall", *CFG)
-    args = re.findall(r"workflow_scripts/sample\.py --model (\S+) --prompts (\S+) --generation "
-                      r"('[^']*') --seed (\d+) --num-prompts (\S+) --dtype (\S+) --threads "
-                      r"(\d+) --samples (\S+)", proc.stdout + proc.stderr)
-    evals = [a for a in args if "/samples/" in a[7]]
+    args = re.findall(r"workflow_scripts/sample\.py --exoflow-code \S+ --model (\S+) --prompts "
+                      r"(\S+) --generation ('[^']*') --seed (\d+) --num-prompts (\S+) --subset "
+                      r"(\S+) --dtype (\S+) --threads (\d+) --samples (\S+)",
+                      proc.stdout + proc.stderr)
+    evals = [a for a in args if "/samples/" in a[8]]
     assert len(evals) == 1 + 4 * 2  # SFT + 4 runs x 2 checkpoints
-    # prompts, sampling parameters, seed, prompt count and precision: all equal
-    assert len({(a[1], a[2], a[3], a[4], a[5]) for a in evals}) == 1
+    # prompts, sampling parameters, seed, prompt count, subset and precision: all equal
+    assert len({(a[1], a[2], a[3], a[4], a[5], a[6]) for a in evals}) == 1
 
 
 def test_deleted_eval_file_reruns_only_its_scoring(done):
