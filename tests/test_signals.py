@@ -81,8 +81,8 @@ def test_ctrl_c_on_snakemake_ends_every_job(tmp_path):
     Snakemake and every process below it end."""
     wd = copy_workflow(tmp_path)
     (wd / "long.yaml").write_text("sft: {epochs: 20}\nengine: {checkpoint_every: 100000}\n")
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "models", "--configfile",
-           "configs/tiny.yaml", "long.yaml"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "results/tiny/models/sft/config.json",
+           "--configfile", "configs/tiny.yaml", "long.yaml"]
     out = tmp_path / "snakemake.txt"
     log = wd / "results" / "tiny" / "logs" / "train_sft" / "log.log"
     with open(out, "w") as f:
