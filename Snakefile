@@ -3,6 +3,9 @@
 #   snakemake --cores 2 eval_all --configfile configs/tiny.yaml       # the CPU preset
 from snakemake.utils import min_version
 
+from exoflow.provenance import force_stale_jobs
+from exoflow.summary import print_rm_check
+
 min_version("9.0")
 
 
@@ -53,9 +56,9 @@ rule eval_all:
 
 
 # Outputs made with other params than these (their job records): listed and re-made.
-force_stale_jobs()
+force_stale_jobs(workflow, RESULTS)
 
 
 onsuccess:
     # The last lines of a run that made (or found) the summary: whether its RM can be read.
-    print_rm_check()
+    print_rm_check(RESULTS)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from .errors import ExoflowError
@@ -276,7 +277,11 @@ def plan_or_exit(config: dict, argv: list[str]) -> Plan:
 
     try:
         config_values_as_yaml(config, argv)
-        return check_config(config)
+        plan = check_config(config)
+        if {"-n", "--dry-run", "--dryrun"} & set(argv):  # each run's resolved parameters
+            for line in plan.run_table():  # ('*': set by the run's own entry)
+                print(f"exoflow: run {line}", file=sys.stderr)
+        return plan
     except ConfigError as e:
         if debug_requested(argv):
             raise

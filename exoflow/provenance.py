@@ -152,3 +152,80 @@ def stale_jobs(results_dir, expected) -> list[Stale]:
         if changes:
             out.append(Stale(str(rule), outputs, changes))
     return out
+
+
+# ---- the Snakefile's side: what a rule passes now, and forcing the stale jobs ---------------
+
+
+def call_param(f, wildcards):
+    """A params function's value for ``wildcards``, called as Snakemake calls it (by the names
+    of its arguments: wildcards, input, ...; the first one is the wildcards whatever its
+    name); the input, output and the others are not known here (None)."""
+    import inspect
+
+    names = list(inspect.signature(f).parameters)
+    known = {"wildcards": wildcards, "input": None, "output": None, "threads": None,
+             "resources": None}
+    args = [wildcards] if names and names[0] not in known else []
+    kwargs = {n: known[n] for n in names[len(args):] if n in known}
+    return f(*args, **kwargs)
+
+
+def planned_params(workflow, path):
+    """``(rule name, {param: str})`` of the job of ``workflow`` (Snakemake's) that makes
+    ``path`` now, or None when no rule makes it."""
+    from types import SimpleNamespace
+
+    rule = next((r for r in workflow.rules if r.is_producer(path)), None)
+    if rule is None:
+        return None
+    w = SimpleNamespace(**dict(rule.get_wildcards(path)))
+    out = {}
+    for key, value in rule.params.items():
+        if callable(value):
+            try:
+                value = call_param(value, w)
+            except Exception:
+                continue
+        out[key] = str(value)
+    return rule.name, out
+
+
+def dag_settings():
+    """The DAG settings Snakemake will build the DAG with: its API hands them to the workflow
+    only after the Snakefile is read, so they are found on the stack of that call (Snakemake
+    9's DAGApi); None when the Snakefile is read for something else (--lint, a job's own
+    process)."""
+    import inspect
+
+    for frame in inspect.stack():
+        obj = frame.frame.f_locals.get("self")
+        settings = getattr(obj, "dag_settings", None)
+        if type(obj).__name__ == "DAGApi" and settings is not None:
+            return settings
+    return None
+
+
+def force_stale_jobs(workflow, results_dir) -> list[Stale]:
+    """Every job whose outputs were made with other params than the plan's now: one line each
+    on stderr, and re-made (--forcerun) when the requested targets need it, whatever
+    .snakemake/ remembers. Not inside a job that an executor runs (it reads the Snakefile
+    too). Returns the stale jobs."""
+    import sys
+
+    settings = dag_settings()
+    if settings is None or getattr(settings, "target_jobs", None):
+        return []
+    stale = stale_jobs(results_dir, lambda path: planned_params(workflow, path))
+    targets = [str(t) for t in (getattr(settings, "targets", None) or ())]
+    forced = set()
+    for s in stale:
+        if in_scope(s.outputs[0], results_dir, targets):
+            print(f"exoflow: {s.line()}", file=sys.stderr)
+            forced |= set(s.outputs)
+        else:
+            print(f"exoflow: {s.line().removesuffix('; re-made')}; not needed by "
+                  f"{' '.join(targets)}: re-made when a target needs it", file=sys.stderr)
+    if forced:
+        settings.forcerun = frozenset(set(settings.forcerun or ()) | forced)
+    return stale

@@ -80,6 +80,17 @@ def rm_check(metrics: dict) -> dict:
             "rm_test_pairs": n, "clears_baseline": lo > base}
 
 
+def print_rm_check(results_dir) -> None:
+    """After a run (the Snakefile's onsuccess): the summary's path and whether its RM beats
+    "the shorter answer wins" on the test pairs, when both files exist."""
+    import sys
+
+    summary = Path(results_dir) / "summary.csv"
+    rm = Path(results_dir) / "models" / "rm" / "metrics.json"
+    if summary.exists() and rm.exists():
+        print(f"exoflow: {summary}: {rm_check_line(rm_check(read_json(rm)))}", file=sys.stderr)
+
+
 def rm_check_line(check: dict) -> str:
     """One line saying whether the RM reward and win rates can be read as preference."""
     head = (f"RM test accuracy {check['rm_test_accuracy']:.3f} [95 % "

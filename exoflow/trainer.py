@@ -318,7 +318,8 @@ def trim_tensorboard(log_dir, last_step: int | None = None) -> int:
 
 def tensorboard_dir(trainer):
     """Where the Trainer's TensorBoard callback writes (None without one)."""
-    for cb in trainer.callback_handler.callbacks:
+    handler = getattr(trainer, "callback_handler", None)
+    for cb in getattr(handler, "callbacks", ()):
         if isinstance(cb, TensorBoardCallback):
             return cb.logging_dir
     return None

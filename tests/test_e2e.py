@@ -205,8 +205,8 @@ def test_copied_results_are_checked_against_the_plan(done, tmp_path):
         (other / "sched.yaml").write_text(run % key + "eval: {checkpoints: 1}\n")
         proc = snakemake(other, "eval_all", "-n", *CFG, "sched.yaml")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ("exoflow: stale: results/tiny/models/align/exo-rw_nc2/ckpt1/config.json "
-                f"(+2 more) (train_align_exo_rw_nc2): {change}; re-made") in proc.stderr
+        assert ("exoflow: stale: results/tiny/models/align/exo-rw_nc2/metrics.json "
+                f"(train_align_exo_rw_nc2): {change}; re-made") in proc.stderr
         jobs = planned_jobs(proc)
         assert jobs["train_align_exo_rw_nc2"] == 1, jobs
         assert not [j for j in jobs if j.startswith("train_align") and j.endswith("_nc2")
