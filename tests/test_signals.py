@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from exoflow.io import read_json
 from tests.helpers import (
     SCRIPTS,
@@ -75,6 +77,7 @@ def test_sigterm_saves_where_the_job_resumes(tmp_path):
     assert len(list((d / "logs").glob("events.out.tfevents.*"))) == 1  # one clean stream
 
 
+@pytest.mark.slow  # ~1 min: SFT must be under way; the SIGTERM test covers the job's side
 def test_ctrl_c_on_snakemake_ends_every_job(tmp_path):
     """SIGINT to Snakemake's PID (what Ctrl-C sends it) while train_sft runs: Snakemake used to
     wait for the job, which trained on; now the job saves, says where it resumes from, and
