@@ -9,6 +9,8 @@ training job's schedule keys: tests/test_e2e.py.
 import json
 import shutil
 
+import pytest
+
 from exoflow.provenance import in_scope, record_path, stale_jobs, write_record
 from tests.helpers import copy_workflow, planned_jobs, snakemake
 
@@ -51,6 +53,7 @@ def test_what_cannot_be_compared_is_left_to_snakemake(tmp_path):
                       ("r", {"p": "9"})) == []
 
 
+@pytest.mark.slow  # ~40 s; tests/test_e2e.py checks copied results in the default suite
 def test_copied_results_are_rechecked_not_rerun(tmp_path):
     """The data stage through Snakemake: records written by the scripts; a copy without
     .snakemake/ (as a fresh clone gets with cp -a) plans nothing; a changed key is listed and
