@@ -31,8 +31,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from .errors import ParamsError
+from .runtime import gradient_accumulation_steps
 
-__all__ = ["CheckpointAt", "accumulation", "checkpoint_schedule", "loader_len", "lr_at",
+__all__ = ["CheckpointAt", "checkpoint_schedule", "loader_len", "lr_at",
            "lr_horizon_steps"]
 
 
@@ -53,15 +54,6 @@ class CheckpointAt:
         return asdict(self)
 
 
-def accumulation(batch_size: int, micro_batch_size: int, processes: int) -> int:
-    """Gradient accumulation: ``batch_size / (micro_batch_size × processes)``, a whole number."""
-    per_pass = micro_batch_size * processes
-    if batch_size % per_pass:
-        raise ParamsError(f"batch_size {batch_size} is not a multiple of micro_batch_size "
-                          f"{micro_batch_size} x {processes} process(es)")
-    return batch_size // per_pass
-
-
 def loader_len(num_prompts: int, processes: int, micro_batch_size: int) -> int:
     """Micro-batches per process in one epoch, as the original's ``DistributedSampler`` +
     ``DataLoader`` (no drop_last) give them."""
@@ -72,7 +64,8 @@ def lr_horizon_steps(params, num_prompts: int, processes: int) -> int:
     """The optimizer steps the learning-rate schedule decays over (``params.lr_horizon``)."""
     if params.lr_horizon == "max_steps":
         return int(params.max_steps)
-    a = accumulation(params.batch_size, params.micro_batch_size, processes)
+    a = gradient_accumulation_steps(params.batch_size, params.micro_batch_size,
+                                    processes)
     return math.ceil(loader_len(num_prompts, processes, params.micro_batch_size) / a)
 
 
@@ -100,7 +93,8 @@ def checkpoint_schedule(params, num_prompts: int, processes: int,
     ``where`` when the planned checkpoints do not fit in ``max_steps``."""
     if num_prompts < 1:
         raise ParamsError(f"{where}: no training prompts")
-    a = accumulation(params.batch_size, params.micro_batch_size, processes)
+    a = gradient_accumulation_steps(params.batch_size, params.micro_batch_size,
+                                    processes)
     micro: list[int | None]
     if params.saves_per_epoch is None:
         steps = [k * params.save_every for k in range(1, params.num_checkpoints + 1)]
