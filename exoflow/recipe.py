@@ -51,8 +51,8 @@ class StopOnSignal(TrainerCallback):
     """At the end of each optimizer step: when any process has been sent SIGTERM or SIGINT
     (:class:`exoflow.signals.GracefulStop`), all save a Trainer checkpoint and stop."""
 
-    def __init__(self, graceful: GracefulStop):
-        self.graceful, self.trainer, self.stopped_at = graceful, None, None
+    def __init__(self, graceful: GracefulStop, trainer):
+        self.graceful, self.trainer, self.stopped_at = graceful, trainer, None
 
     def on_step_end(self, args, state, control, **kwargs):
         import torch
@@ -165,8 +165,7 @@ class Recipe:
             self.before_train(trainer)
         trainer.accelerator.wait_for_everyone()
         with GracefulStop() as graceful:
-            stop = StopOnSignal(graceful)
-            stop.trainer = trainer
+            stop = StopOnSignal(graceful, trainer)
             trainer.add_callback(stop)
             run_trainer(trainer, self.work_dir, self.stamp())
         if stop.stopped_at is not None:

@@ -29,19 +29,20 @@ def jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def last_checkpoint(work_dir) -> str | None:
-    """The newest *complete* ``checkpoint-<step>`` folder in ``work_dir`` (or None).
-
-    The Trainer writes ``trainer_state.json`` last, so a folder without it was cut short.
-    """
+def _checkpoints(work_dir) -> list[tuple[int, Path, bool]]:
+    """``(step, folder, complete)`` of every ``checkpoint-<step>`` folder in ``work_dir``. The
+    Trainer writes ``trainer_state.json`` last, so a folder without it was cut short."""
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
-        return None
-    found = []
-    for p in work_dir.iterdir():
-        m = _CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists():
-            found.append((int(m.group(1)), p))
+        return []
+    return [(int(m.group(1)), p, (p / "trainer_state.json").exists())
+            for p in work_dir.iterdir()
+            if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+
+
+def last_checkpoint(work_dir) -> str | None:
+    """The newest *complete* ``checkpoint-<step>`` folder in ``work_dir`` (or None)."""
+    found = [(step, p) for step, p, complete in _checkpoints(work_dir) if complete]
     return str(max(found)[1]) if found else None
 
 
@@ -70,11 +71,8 @@ def empty_dir(folder, keep=()) -> None:
 
 
 def remove_checkpoints(work_dir) -> None:
-    work_dir = Path(work_dir)
-    if work_dir.is_dir():
-        for p in work_dir.iterdir():
-            if _CHECKPOINT_RE.match(p.name) and p.is_dir():
-                shutil.rmtree(p)
+    for _, p, _ in _checkpoints(work_dir):
+        shutil.rmtree(p)
 
 
 def _nearly_full(folder, room: int = 16 << 20) -> bool:
@@ -88,12 +86,9 @@ def _nearly_full(folder, room: int = 16 << 20) -> bool:
 def remove_incomplete_checkpoints(work_dir) -> None:
     """Delete the ``checkpoint-<step>`` folders that lack ``trainer_state.json`` (the Trainer
     writes it last): a save cut short by a full disk or a kill."""
-    work_dir = Path(work_dir)
-    if work_dir.is_dir():
-        for p in work_dir.iterdir():
-            if _CHECKPOINT_RE.match(p.name) and p.is_dir() and \
-                    not (p / "trainer_state.json").exists():
-                shutil.rmtree(p, ignore_errors=True)
+    for _, p, complete in _checkpoints(work_dir):
+        if not complete:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def stamp_differs(work_dir, params: dict) -> bool:
