@@ -421,12 +421,12 @@ class Plan:
                               "(its step 0 is the SFT model: sft/ckpt0)")
         return self.ckpt_config(run, k)
 
-    def eval_scoring(self):
+    def eval_scoring(self) -> dict:
         """What the checkpoint evaluation reads of ``eval`` (the prompt length it sampled with,
-        its scoring batches, the KL temperature), the other keys at their defaults."""
+        its scoring batches, the KL temperature) and nothing else: its shell line shows these
+        keys only, and the others (read back at their defaults) re-run nothing."""
         e = self.cfg.eval
-        return type(e)(max_prompt_len=e.max_prompt_len, score_batch_size=e.score_batch_size,
-                       temperature=e.temperature)
+        return {k: getattr(e, k) for k in ("max_prompt_len", "score_batch_size", "temperature")}
 
     def varying_keys(self) -> list[str]:
         """The alignment keys whose values differ between the runs (besides loss, data and

@@ -175,8 +175,8 @@ def test_every_field_is_set_from_a_config():
     assert plan.cfg.eval.to_dict() == NON_DEFAULT["eval"]
     g = plan.cfg.eval.generation()
     assert g.to_dict() == {k: NON_DEFAULT["eval"][k] for k in g.to_dict()}
-    e = plan.eval_scoring()
-    assert (e.max_prompt_len, e.score_batch_size, e.temperature) == (128, 6, 0.6)
+    assert plan.eval_scoring() == {"max_prompt_len": 128, "score_batch_size": 6,
+                                   "temperature": 0.6}
     assert plan.eval_checkpoints("r") == [1, 2]
     for section, cls in (("sft", P.SFTParams), ("align", P.AlignParams), ("lora", P.LoraParams),
                          ("engine", P.EngineParams), ("eval", P.EvalParams)):

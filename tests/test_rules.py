@@ -2,6 +2,7 @@
 search of the rule files, rules/common.smk holds no planning logic, and every command a rule
 runs is one its script's parser reads (the arguments are generated from it)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -83,6 +84,9 @@ def test_every_command_parses_with_its_scripts_parser(configs):
         parser = script_parser(ROOT / m.group(1))
         ns = parser.parse_args(words)  # SystemExit on an unknown or missing argument
         assert set(vars(ns)) >= set(parser.sources), m.group(2)
+        if m.group(2) == "eval_checkpoint":  # only the keys it reads of eval, no defaults shown
+            scoring = json.loads(words[words.index("--scoring") + 1])
+            assert sorted(scoring) == ["max_prompt_len", "score_batch_size", "temperature"]
         seen.add(m.group(2))
     assert seen >= {"preprocess", "train_stage", "sample", "label_rewards", "precompute_ref",
                     "train_align", "eval_checkpoint", "eval_dataset", "summarize", "study"}
