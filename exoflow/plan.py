@@ -19,6 +19,7 @@ from pathlib import Path
 from . import gpus
 from .errors import ExoflowError, ParamsError
 from .params import AlignParams, Config, EngineParams, Runtime
+from .resources import snakemake_resources
 
 __all__ = ["Plan", "expand_grid", "rule_name"]
 
@@ -163,6 +164,11 @@ class Plan:
         for run in self.align_runs():
             out[self.key_where(run, "max_len")] = self.run_params(run).max_len
         return out
+
+    def job_resources(self, stage: str, run: str | None = None) -> dict:
+        """A job's ``mem_mb`` and ``runtime`` (minutes) for a cluster, from its model's size and
+        its work (:mod:`exoflow.resources`), as functions Snakemake evaluates per job."""
+        return snakemake_resources(self, stage, run)
 
     def inference_gpus(self) -> int:
         """GPUs of a sampling, scoring or evaluation job: one when training has any."""

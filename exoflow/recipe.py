@@ -39,6 +39,7 @@ from .trainer import (
     make_training_args,
     mean_train_loss,
     run_info,
+    step_seconds,
 )
 from .workdir import empty_dir, remove_checkpoints, run_trainer, save_model
 
@@ -176,6 +177,7 @@ class Recipe:
                 "re-runs it)")
         metrics = {"loss_curve": loss_curve(trainer), "train_loss": mean_train_loss(trainer),
                    "global_step": int(trainer.state.global_step),
+                   "step_seconds": step_seconds(trainer),
                    "resumed_from": trainer.resumed_from, "run": run_info(trainer),
                    "num_train": len(train), **self.evaluate(trainer)}
         self.finish(trainer, metrics)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -133,6 +134,7 @@ class StepRecorder(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.step_ends.append(time.perf_counter())
         sums, self.trainer._step_sums = self.trainer._step_sums, {}
         if not sums:
             return
@@ -170,6 +172,7 @@ class ExoTrainer(Trainer):
         self.lr_horizon = lr_horizon
         self.run_name = run_name
         self._step_sums: dict = {}
+        self.step_ends: list[float] = []  # perf_counter() at the end of each optimizer step
         self.resumed_from: str | None = None
         self.add_callback(StepRecorder(self))
 
@@ -358,6 +361,14 @@ def mean_train_loss(trainer) -> float:
                            f"{trainer.state.global_step} steps; the resumed checkpoint predates "
                            "per-step records: delete the work folder and run again")
     return sum(float(e["step_loss"]) for e in recs) / max(len(recs), 1)
+
+
+def step_seconds(trainer) -> float | None:
+    """The median time of an optimizer step in this process, the first step excluded (it
+    carries the warm-up); None with fewer than two steps."""
+    ends = trainer.step_ends
+    gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+    return gaps[len(gaps) // 2] if gaps else None
 
 
 def run_info(trainer) -> dict:

@@ -42,6 +42,7 @@ rule precompute_ref:
         "../envs/exoflow.yaml"
     threads: workflow.cores
     resources:
+        **PLAN.job_resources("precompute_ref"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("precompute_ref"),
@@ -72,7 +73,9 @@ for run in PLAN.align_runs():
             "../envs/exoflow.yaml"
         threads: workflow.cores
         resources:
+            **PLAN.job_resources("align", run),
             gpu=PLAN.gpus(),
+            slurm_extra=SIGNAL_BEFORE_LIMIT,
         params:
             code=code_of("train_align"),
             ref_code=code_of("precompute_ref"),

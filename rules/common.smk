@@ -18,6 +18,9 @@ from exoflow.signals import forward_interrupt
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 PACKAGE = Path(workflow.basedir) / "exoflow"
 SPLITS = ["train", "test"]
+# SLURM sends training jobs SIGTERM 5 minutes before their time limit: they save a resume
+# checkpoint and say where they resume from (exoflow/signals.py); ignored when not on SLURM.
+SIGNAL_BEFORE_LIMIT = "'--signal=TERM@300'"
 
 
 def relative(path):

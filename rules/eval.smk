@@ -26,6 +26,7 @@ rule sample_checkpoint:
         "../envs/exoflow.yaml"
     threads: 1
     resources:
+        **PLAN.job_resources("sample_checkpoint"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("sample"),
@@ -61,6 +62,7 @@ rule eval_checkpoint:
         "../envs/exoflow.yaml"
     threads: 1
     resources:
+        **PLAN.job_resources("eval_checkpoint"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("eval_checkpoint"),
@@ -89,6 +91,7 @@ rule eval_dataset:
         "../envs/exoflow.yaml"
     threads: 1
     resources:
+        **PLAN.job_resources("eval_dataset"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("eval_dataset"),

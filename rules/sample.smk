@@ -16,6 +16,7 @@ rule sample_sft:
         "../envs/exoflow.yaml"
     threads: workflow.cores
     resources:
+        **PLAN.job_resources("sample_sft"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("sample"),
@@ -43,6 +44,7 @@ rule label_rewards:
         "../envs/exoflow.yaml"
     threads: workflow.cores
     resources:
+        **PLAN.job_resources("label_rewards"),
         gpu=PLAN.inference_gpus(),
     params:
         code=code_of("label_rewards"),

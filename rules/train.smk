@@ -25,7 +25,9 @@ for stage in ("sft", "rm"):
             "../envs/exoflow.yaml"
         threads: workflow.cores
         resources:
+            **PLAN.job_resources(stage),
             gpu=PLAN.gpus(),
+            slurm_extra=SIGNAL_BEFORE_LIMIT,
         params:
             code=code_of("train_stage"),
             stage=stage,
