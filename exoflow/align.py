@@ -43,11 +43,12 @@ from .io import read_numbered, write_json
 from .logps import model_response_logps
 from .losses import alignment_loss, group_candidates
 from .modeling import load_causal_lm
+from .order import visited_records
 from .params import AlignParams
 from .recipe import METRICS_FILE, Recipe
-from .refcache import load_ref_cache
+from .refcache import RefCacheError, load_ref_cache
 from .runtime import reference_dtype, reference_precision, world_size
-from .schedule import checkpoint_schedule, lr_horizon_steps
+from .schedule import Visits, checkpoint_schedule, lr_horizon_steps
 from .trainer import ExoTrainer
 from .workdir import (
     checkpoint_step,
@@ -121,6 +122,12 @@ class AlignTrainer(ExoTrainer):
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        missing = inputs.pop("ref_missing", None)
+        if missing is not None and bool(missing.any()):  # never trained against a zero
+            raise RefCacheError(f"{self.run_name}: a batch of optimizer step "
+                                f"{self.state.global_step + 1} holds a record the reference "
+                                "cache has no values for (made for other visits); delete the "
+                                "cache and run again")
         ref_model = self.ref_model
         if ref_model is ADAPTERS_DISABLED and "ref_logps" not in inputs:
             # the reference is the policy with its LoRA adapters off: no second copy
@@ -263,7 +270,8 @@ class AlignRecipe(Recipe):
                 self.ref_cache, data_file=self.train_file, reference=self.reference,
                 temp=p.temp, max_len=p.max_len, max_gen_len=p.max_gen_len, code=self.ref_code,
                 dtype=reference_dtype(self.rt), records=self.train_records, lines=lines,
-                eos_after_cut=p.eos_after_cut)
+                eos_after_cut=p.eos_after_cut, visits=self.visits)
+            self.ref_lines = lines
 
     def load_model(self):
         return load_causal_lm(self.base, dtype="fp32")  # mixed precision keeps fp32 masters
@@ -280,10 +288,25 @@ class AlignRecipe(Recipe):
         model = load_causal_lm(self.reference, dtype=weights).to(self.args.device).eval()
         return model.requires_grad_(False)
 
+    @property
+    def visits(self) -> Visits:
+        p = self.params
+        return Visits(self.rt.seed, p.max_steps, p.batch_size, p.group_by_length)
+
     def encode(self, records):
         p = self.params
-        return encode_align(self.tokenizer, records, p.max_len, p.max_gen_len, self.ref_logps,
-                            eos_after_cut=p.eos_after_cut)
+        feats = encode_align(self.tokenizer, records, p.max_len, p.max_gen_len, self.ref_logps,
+                             eos_after_cut=p.eos_after_cut)
+        if self.ref_logps is not None and any(r is None for r in self.ref_logps):
+            lengths = [self.group_length(f) for f in feats] if p.group_by_length else None
+            visited = visited_records(self.visits, len(feats), lengths)
+            missing = [i for i in visited if self.ref_logps[i] is None]
+            if missing:  # the same function chose them: a cache made elsewhere, or a bug
+                raise RefCacheError(
+                    f"{self.ref_cache}: no values for record {self.ref_lines[missing[0]]} of "
+                    f"{self.train_file} ({len(missing)} of the {len(visited)} records this run "
+                    "visits); delete the cache and run again")
+        return feats
 
     def collator(self):
         return AlignCollator(self.tokenizer.pad_token_id)
@@ -297,7 +320,7 @@ class AlignRecipe(Recipe):
     def trainer_kwargs(self):
         self.ref_model = self.reference_model()
         return {"align_params": self.params, "ref_model": self.ref_model,
-                "lr_horizon": self.lr_horizon}
+                "lr_horizon": self.lr_horizon, "seeded_order": True}
 
     def stamp(self):
         ref = ("cache" if self.ref_logps is not None else ADAPTERS_DISABLED

@@ -67,15 +67,16 @@ def check_num_candidates(records, num_contrastive: int, source: str = "alignment
 def encode_align(tokenizer, records, max_len: int, max_gen_len: int, ref_logps=None,
                  eos_after_cut: bool = True) -> list[dict]:
     """One feature per prompt: ``input_ids`` (K lists), ``n_prompt`` (K ints), ``rewards``
-    (K floats) and, when given (one list of K per record), ``ref_logps``."""
+    (K floats) and, when given (one list of K per record, or None for a record without them),
+    ``ref_logps``."""
     out = []
     for i, r in enumerate(records):
         enc = [encode_pair(tokenizer, r["prompt"], y, max_len, max_gen_len, add_eos=True,
                            eos_after_cut=eos_after_cut) for y in r["completions"]]
         f = {"input_ids": [e.input_ids for e in enc], "n_prompt": [e.n_prompt for e in enc],
              "rewards": [float(x) for x in r["rewards"]]}
-        if ref_logps is not None:
-            f["ref_logps"] = [float(x) for x in ref_logps[i]]
+        if ref_logps is not None:  # None: a record the cache's runs do not visit
+            f["ref_logps"] = None if ref_logps[i] is None else [float(x) for x in ref_logps[i]]
         out.append(f)
     return out
 
@@ -93,7 +94,8 @@ class AlignCollator:
 
     Returns ``input_ids``, ``attention_mask``, ``loss_mask`` (B·K, T) padded to the batch's
     longest sequence, ``rewards`` (B, K) float32 and, when every feature has them,
-    ``ref_logps`` (B, K) float32.
+    ``ref_logps`` (B, K) float32 (and ``ref_missing`` (B,) when some feature has None:
+    the loss refuses the batch).
     """
 
     def __init__(self, pad_id: int):
@@ -104,5 +106,11 @@ class AlignCollator:
         out = pad_candidates(seqs, self.pad_id)  # (B·K, T)
         out["rewards"] = torch.tensor([f["rewards"] for f in features], dtype=torch.float32)
         if all("ref_logps" in f for f in features):
-            out["ref_logps"] = torch.tensor([f["ref_logps"] for f in features], dtype=torch.float32)
+            k = len(features[0]["rewards"])
+            missing = [f["ref_logps"] is None for f in features]
+            out["ref_logps"] = torch.tensor([[0.0] * k if m else f["ref_logps"]
+                                             for f, m in zip(features, missing)],
+                                            dtype=torch.float32)
+            if any(missing):  # the loss refuses such a batch (a prefetched one is not trained)
+                out["ref_missing"] = torch.tensor(missing)
         return out

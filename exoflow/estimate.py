@@ -241,6 +241,8 @@ def table(rows: list[Projection], measured: dict[str, float]) -> str:
                      f"{_hms(r.seconds):>11} {r.peak_mb:>6.0f} MB")
     total = sum(r.seconds for r in rows) + sum(measured.values())
     lines.append(f"{'total (one job at a time)':<38} {_hms(total):>11}")
+    lines.append("sample_*, label_rewards, eval_checkpoint: upper bounds (the probes' models are "
+                 "barely trained, so their samples run to max_new_tokens)")
     return "\n".join(lines)
 
 

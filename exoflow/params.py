@@ -617,6 +617,12 @@ class AlignSection(Section):
                                    "points); replaces the runs of the config files it extends.")
     precompute_ref: bool = param(True, "Reference log-probs computed once per data set (a "
                                  "cache), not in every step.")
+    ref_records: str = param("all", "The records the reference cache covers: all of the data "
+                             "set (shared by every run on it), or visited: those a run's seed, "
+                             "steps and batch visit (shared by the runs that visit the same "
+                             "ones, e.g. EXO and DPO of one seed; with several seeds each seed "
+                             "has its own, which costs more than all once max_steps covers "
+                             "more than 1/seeds of an epoch).", choices=("all", "visited"))
     runs: dict = param(factory=dict, help="Run name -> overrides of defaults; loss and data are "
                        "required.", schema={"$align": True})
 

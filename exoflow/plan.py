@@ -20,6 +20,7 @@ from . import gpus
 from .errors import ExoflowError, ParamsError
 from .params import AlignParams, Config, EngineParams, Runtime
 from .resources import snakemake_resources
+from .schedule import Visits, checkpoint_schedule
 
 __all__ = ["Plan", "expand_grid", "rule_name"]
 
@@ -342,8 +343,6 @@ class Plan:
         learning rate) on ``num_prompts`` training prompts with ``engine``'s processes: with
         ``saves_per_epoch`` the steps depend on the data size, which only the data stage knows
         (the training job computes them the same way)."""
-        from .schedule import checkpoint_schedule
-
         return checkpoint_schedule(self.run_params(run), num_prompts, self.processes(),
                                    self.where(run))
 
@@ -378,12 +377,19 @@ class Plan:
         return self.res(f"models/align/{run}/metrics.json")
 
     def ref_cache_name(self, run: str) -> str:
-        """``<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos_after_cut: 1|0>.jsonl``: runs with
-        the same data, temp and truncation share it. The temp is written with repr() so that
-        the name gives back the float."""
+        """``<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos_after_cut: 1|0>[_<visits>].jsonl``:
+        runs with the same data, temp and truncation share it (with ``align.ref_records:
+        visited`` those that visit the same records: :class:`exoflow.schedule.Visits`). The
+        temp is written with repr() so that the name gives back the float."""
         p = self.run_params(run)
+        visits = f"_{self.run_visits(run).name}" if self.cfg.align.ref_records == "visited" else ""
         return (f"{p.data}_t{float(p.temp)!r}_l{int(p.max_len)}_g{int(p.max_gen_len)}"
-                f"_e{int(p.eos_after_cut)}.jsonl")
+                f"_e{int(p.eos_after_cut)}{visits}.jsonl")
+
+    def run_visits(self, run: str) -> Visits:
+        """What sets the records a run trains on (:mod:`exoflow.order`)."""
+        p = self.run_params(run)
+        return Visits(self.run_seed(run), p.max_steps, p.batch_size, p.group_by_length)
 
     def ref_cache_path(self, run: str) -> str:
         return self.res(f"data/ref_logps/{self.ref_cache_name(run)}")

@@ -23,13 +23,15 @@ import json
 import math
 from pathlib import Path
 
-from .align_data import check_num_candidates
+from .align_data import check_num_candidates, encode_align
 from .errors import ExoflowError, NonFiniteError
 from .io import atomic_write, loads, read_numbered
 from .logps import text_logps
 from .modeling import load_causal_lm, load_tokenizer
+from .order import visited_records
 from .params import Runtime
 from .runtime import on_cpu, reference_dtype, reference_precision, setup_threads, torch_dtype
+from .schedule import Visits
 
 __all__ = ["RefCacheError", "cache_settings", "load_ref_cache", "precompute_ref",
            "read_ref_cache", "write_ref_cache"]
@@ -94,10 +96,11 @@ _DELETE = "delete it and run precompute_ref again (snakemake re-makes it)"
 
 
 def write_ref_cache(path, settings: dict, logps: list[list[float]]) -> None:
-    """Header line with ``settings`` and the content's sha256, then one JSON list per record
-    (atomic write). Non-finite values are refused."""
+    """Header line with ``settings`` and the content's sha256, then one JSON list per record,
+    ``null`` for a record not computed (``visits``) (atomic write). Non-finite values are
+    refused."""
     for i, row in enumerate(logps):
-        if not all(math.isfinite(v) for v in row):
+        if row is not None and not all(math.isfinite(v) for v in row):
             raise NonFiniteError(f"{path}: the reference log-probs of record {i + 1} are {row}; "
                                  "the reference model or the data is broken, nothing was written")
     body = "".join(json.dumps(row) + "\n" for row in logps).encode("utf-8")
@@ -128,6 +131,9 @@ def read_ref_cache(path) -> tuple[dict, list[list[float]]]:
             row = loads(line)
         except ValueError as e:
             raise RefCacheError(f"{path}:{lineno}: {e}; {_DELETE}") from None
+        if row is None:  # a record the runs of this cache do not visit
+            rows.append(row)
+            continue
         if not isinstance(row, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
             raise RefCacheError(f"{path}:{lineno}: expected a list of numbers; {_DELETE}")
@@ -137,11 +143,14 @@ def read_ref_cache(path) -> tuple[dict, list[list[float]]]:
 
 def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
                    max_gen_len: int, code: str | None = None, dtype: str | None = None,
-                   records=None, lines=None, eos_after_cut: bool = True) -> list[list[float]]:
+                   records=None, lines=None, eos_after_cut: bool = True,
+                   visits: Visits | None = None) -> list[list[float] | None]:
     """The cached log-probs, after checking that they were made from this data and reference
     with these settings, and (when given) by this code in this precision
     (:class:`RefCacheError` naming each difference otherwise). ``records``/``lines``: the
-    data file's records as the caller already read them (read here when None)."""
+    data file's records as the caller already read them (read here when None). ``visits``:
+    the run's (:class:`exoflow.schedule.Visits`); a cache made for the records of some visits
+    only (None for the others) must have been made for these."""
     settings, rows = read_ref_cache(path)
     want = cache_settings(data_file, reference, temp, max_len, max_gen_len, records, lines,
                           eos_after_cut)
@@ -155,15 +164,22 @@ def load_ref_cache(path, data_file, reference, temp: float, max_len: int,
     if len(rows) != want["num_records"]:
         raise RefCacheError(f"{path}: {len(rows)} rows for {want['num_records']} records; "
                             f"{_DELETE}")
+    made_for = settings.get("visits", "all")
+    if made_for != "all" and (visits is None or made_for != visits.name):
+        raise RefCacheError(f"{path} holds only the records that runs of {made_for} visit; this "
+                            f"run is {visits.name if visits else 'not said'}; {_DELETE}")
     for lineno, r in enumerate(rows, start=2):
-        if len(r) != k:
+        if r is None and made_for == "all":
+            raise RefCacheError(f"{path}:{lineno}: no values (null); {_DELETE}")
+        if r is not None and len(r) != k:
             raise RefCacheError(f"{path}:{lineno}: {len(r)} values for K={k} candidates; {_DELETE}")
     return rows
 
 
 def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, max_gen_len: int,
                    batch_size: int = 32, runtime: Runtime | None = None, progress: bool = True,
-                   code: str | None = None, eos_after_cut: bool = True) -> dict:
+                   code: str | None = None, eos_after_cut: bool = True,
+                   visits: Visits | None = None) -> dict:
     """Compute the reference log-probs of ``data_file``'s candidates into ``out_path``.
 
     ``runtime`` (:class:`exoflow.params.Runtime`, default: CPU, fp32) says how the alignment
@@ -171,7 +187,9 @@ def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, ma
     precision training runs the policy in (:func:`exoflow.runtime.reference_precision`); on the
     CPU in fp32. ``code``: the hash of the code that computes the values (the workflow passes
     :func:`exoflow.codehash.code_hash` of precompute_ref's script), recorded so that a reader
-    can refuse values made by other code. Returns the settings written to the file.
+    can refuse values made by other code. ``visits``: only the records runs of these visits
+    train on (:func:`exoflow.order.visited_records`; the others are null). Returns the
+    settings written to the file.
     """
     rt = runtime or Runtime()
     setup_threads(rt)
@@ -184,10 +202,24 @@ def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, ma
     if code is not None:
         settings["code"] = code
     tok = load_tokenizer(reference, padding_side="right")
+    chosen = list(range(len(records)))
+    if visits is not None:
+        lengths = None
+        if visits.grouped:  # the run's grouping lengths: its features' longest candidate
+            feats = encode_align(tok, records, max_len, max_gen_len, eos_after_cut=eos_after_cut)
+            lengths = [max(len(ids) for ids in f["input_ids"]) for f in feats]
+        chosen = visited_records(visits, len(records), lengths)
+        settings.update(visits=visits.name, num_visited=len(chosen))
+        print(f"[exoflow] {out_path}: the {len(chosen)} of {len(records)} records that runs of "
+              f"{visits.name} visit", flush=True)
     model = load_causal_lm(reference, dtype=weights).to("cpu" if on_cpu(rt) else "cuda")
-    logps = text_logps(model, tok, [r["prompt"] for r in records],
-                       [r["completions"] for r in records], max_len, max_gen_len, batch_size,
-                       temperature=temp, amp_dtype=torch_dtype(amp), progress=progress,
-                       desc="reference log-probs", eos_after_cut=eos_after_cut)
+    values = text_logps(model, tok, [records[i]["prompt"] for i in chosen],
+                        [records[i]["completions"] for i in chosen], max_len, max_gen_len,
+                        batch_size, temperature=temp, amp_dtype=torch_dtype(amp),
+                        progress=progress, desc="reference log-probs",
+                        eos_after_cut=eos_after_cut)
+    logps: list = [None] * len(records)
+    for i, v in zip(chosen, values):
+        logps[i] = v
     write_ref_cache(out_path, settings, logps)
     return settings

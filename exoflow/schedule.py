@@ -28,12 +28,13 @@ calls it with the number of prompts it read, the dry run and the tests with any 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 from .errors import ParamsError
 from .runtime import gradient_accumulation_steps
 
-__all__ = ["CheckpointAt", "checkpoint_schedule", "loader_len", "lr_at",
+__all__ = ["CheckpointAt", "Visits", "checkpoint_schedule", "loader_len", "lr_at",
            "lr_horizon_steps"]
 
 
@@ -128,3 +129,25 @@ def checkpoint_schedule(params, num_prompts: int, processes: int,
                          lr=lr_at(s, params.lr, horizon, params.warmup_steps,
                                   params.lr_scheduler), micro_step=m)
             for k, (s, m) in enumerate(zip(steps, micro), start=1)]
+
+
+@dataclass(frozen=True)
+class Visits:
+    """What sets the records a run visits: its seed, optimizer steps, records per step and
+    whether batches are grouped by length. As a name: ``v<seed>s<steps>b<batch><g|r>``."""
+
+    seed: int
+    steps: int
+    batch: int
+    grouped: bool
+
+    @property
+    def name(self) -> str:
+        return f"v{self.seed}s{self.steps}b{self.batch}{'g' if self.grouped else 'r'}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Visits:
+        m = re.fullmatch(r"v(\d+)s(\d+)b(\d+)([gr])", name)
+        if not m:
+            raise ValueError(f"{name!r} is not a visit name (v<seed>s<steps>b<batch><g|r>)")
+        return cls(int(m[1]), int(m[2]), int(m[3]), m[4] == "g")

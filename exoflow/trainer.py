@@ -19,13 +19,15 @@ import time
 from typing import Any
 
 import torch
+from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import ExoflowError, NonFiniteError, ParamsError
 from .lora import is_peft
 from .modeling import parameter_counts
+from .order import visit_order
 from .params import OptimParams, Runtime
 from .runtime import (
     die_with_launcher,
@@ -110,8 +112,8 @@ def make_training_args(params: OptimParams, rt: Runtime, work_dir, log_dir=None,
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' ``LengthGroupedSampler`` (megabatches of 50 batches, each sorted by length,
-    in random order) whose order depends only on (seed, epoch), so a resumed run skips exactly
-    the batches it already trained on."""
+    in random order) whose order depends only on (seed, epoch) (:func:`exoflow.order.visit_order`),
+    so a resumed run skips exactly the batches it already trained on."""
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int):
         super().__init__(batch_size, lengths=list(lengths))
@@ -121,8 +123,26 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         self.epoch = int(epoch)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+        return iter(visit_order(len(self.lengths), self.seed, self.batch_size, self.lengths,
+                                self.epoch))
+
+
+class SeededRandomSampler(Sampler):
+    """A random order that depends only on (seed, epoch) (:func:`exoflow.order.visit_order`):
+    the records a run visits can be known before it runs (the reference cache's
+    ``align.ref_records: visited``)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(visit_order(self.n, self.seed, 1, None, self.epoch))
 
 
 class StepRecorder(TrainerCallback):
@@ -152,7 +172,8 @@ class ExoTrainer(Trainer):
     ``group_lengths``: one length per training example; when given, batches are drawn by
     :class:`SeededLengthGroupedSampler` (examples of similar length together, seeded order).
     ``lr_horizon``: the optimizer steps the learning-rate schedule decays over (default: the
-    steps trained).
+    steps trained). ``seeded_order``: random batches in :class:`SeededRandomSampler`'s order
+    (else transformers' own random sampler).
 
     Every optimizer step's loss (and the metrics a subclass adds with :meth:`add_step_metric`),
     averaged over processes, is kept in ``state.log_history`` as ``{"step", "step_loss",
@@ -166,9 +187,9 @@ class ExoTrainer(Trainer):
     """
 
     def __init__(self, *args, group_lengths=None, run_name: str = "training",
-                 lr_horizon: int | None = None, **kwargs):
+                 lr_horizon: int | None = None, seeded_order: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.group_lengths = group_lengths
+        self.group_lengths, self.seeded_order = group_lengths, seeded_order
         self.lr_horizon = lr_horizon
         self.run_name = run_name
         self._step_sums: dict = {}
@@ -208,8 +229,11 @@ class ExoTrainer(Trainer):
         return norm
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.group_lengths is None or (train_dataset is not None
-                                          and train_dataset is not self.train_dataset):
+        if train_dataset is not None and train_dataset is not self.train_dataset:
+            return super()._get_train_sampler(train_dataset)
+        if self.group_lengths is None:
+            if self.seeded_order:
+                return SeededRandomSampler(len(self.train_dataset), seed=self.args.seed)
             return super()._get_train_sampler(train_dataset)
         # One optimizer step's examples across all processes (accelerate deals the sampler's
         # micro-batches out in turn), so n processes see the order one process does.

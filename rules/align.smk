@@ -1,5 +1,6 @@
 # Alignment: EXO / DPO runs from the SFT model, with checkpoints (exoflow.schedule).
-#   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos>.jsonl   reference log-probs
+#   data/ref_logps/<data>_t<temp>_l<max_len>_g<max_gen_len>_e<eos>[_<visits>].jsonl   reference
+#                                       log-probs (of the records the runs visit: _<visits>)
 #   models/align/<run>/ckpt<k>/         k = 1..N at the steps exoflow.schedule gives (k * save_every,
 #                                       or the original's saves_per_epoch on the data's size)
 #   models/align/<run>/metrics.json
@@ -18,7 +19,9 @@ wildcard_constraints:
 
 rule precompute_ref:
     """Reference (SFT) log-probs of every candidate of an alignment data set, computed once
-    per data set, temperature and truncation; the runs that share them share the file.
+    per data set, temperature and truncation (and, with align.ref_records: visited, for the
+    records that runs of one seed, step count and batch visit); the runs that share them
+    share the file.
     """
     input:
         reference=res("models/sft/config.json"),
@@ -26,18 +29,19 @@ rule precompute_ref:
         deepspeed=PLAN.deepspeed_inputs(),
     output:
         cache=res(
-            "data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}.jsonl"
+            "data/ref_logps/{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}.jsonl"
         ),
     log:
-        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}"),
+        log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}"),
     benchmark:
-        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}")
+        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}")
     wildcard_constraints:
         data=PLAN.align_data_regex(),
         temp=r"[0-9][0-9.e+-]*",
         max_len=r"\d+",
         max_gen_len=r"\d+",
         eos=r"[01]",
+        visits=r"(_v\d+s\d+b\d+[gr])?",
     conda:
         "../envs/exoflow.yaml"
     threads: workflow.cores
@@ -48,6 +52,7 @@ rule precompute_ref:
         code=code_of("precompute_ref"),
         batch_size=CFG.sample.score_batch_size,
         runtime=as_json(PLAN.ref_runtime()),
+        visits=lambda wildcards: wildcards.visits[1:] or "all",
     shell:
         run_script("precompute_ref", PLAN.inference_prefix())
 

@@ -16,6 +16,8 @@ from exoflow.estimate import fit, job_units, load_config, probe_overlay, project
 from tests.helpers import copy_workflow, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
+# jobs whose time follows the samples' lengths: an upper bound (every sample to max_new_tokens)
+SAMPLED = ("sample_sft", "label_rewards", "sample_checkpoint", "eval_checkpoint")
 
 
 def tiny(extra: dict | None = None) -> dict:
@@ -114,7 +116,8 @@ def _hms(text: str) -> float:
 def test_the_estimate_is_within_a_factor_of_the_real_run(tmp_path):
     """`python -m exoflow.estimate` on a shortened tiny, then the real run of that config:
     the projected total within 0.5x..2.5x of the real one, each stage that took 10 s or more
-    within 0.33x..3x (measured on tiny in full: README)."""
+    within 0.33x..3x, the sampled ones 0.8x..8x (an upper bound: the probes' models are barely
+    trained and sample to max_new_tokens); measured on tiny in full: README."""
     wd = copy_workflow(tmp_path)
     (wd / "mid.yaml").write_text(yaml.safe_dump({
         "run_name": "mid", "data": {"synthetic": {"num_train": 1200, "num_test": 128}},
@@ -132,7 +135,13 @@ def test_the_estimate_is_within_a_factor_of_the_real_run(tmp_path):
     proc = snakemake(wd, "eval_all", *cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     real = _stage_seconds(wd / "results" / "mid")
-    assert 0.5 <= total / sum(real.values()) <= 2.5, (total, real)
+    table = {rule: (projected.get(rule), seconds) for rule, seconds in real.items()}
+    assert 0.5 <= total / sum(real.values()) <= 2.5, (total, table)
     for rule, seconds in real.items():
-        if seconds >= 10:
-            assert 0.33 <= projected[rule] / seconds <= 3, (rule, projected[rule], seconds)
+        if seconds < 10:
+            continue
+        ratio = projected[rule] / seconds
+        if rule in SAMPLED:  # the probes' barely trained models rarely stop early
+            assert 0.8 <= ratio <= 8, (rule, table)
+        else:
+            assert 0.33 <= ratio <= 3, (rule, table)

@@ -86,6 +86,20 @@ def test_reference_cache_name_gives_back_the_float():
     assert off.ref_cache_inputs("exo-rw_nc2") == []
 
 
+def test_a_visited_cache_is_shared_by_the_runs_that_visit_the_same_records():
+    paper = Plan(merged({"align": {"seeds": [42, 1]}}))
+    names = {r: paper.ref_cache_name(r) for r in paper.align_runs()}
+    # seed 42, 175 steps of 128 prompts, random batches: EXO and DPO on rm_labels share one
+    assert names["exo-rw_nc2"] == names["dpo-rw_nc2"] == \
+        "rm_labels_t0.8_l512_g200_e0_v42s175b128r.jsonl"
+    assert names["exo-pref_nc2_s1"] == "p2r_t0.8_l512_g200_e0_v1s175b128r.jsonl"
+    assert len(set(names.values())) == 4  # 2 data sets x 2 seeds
+    # a run of other steps, batch or grouping visits others
+    other = Plan(merged({"align": {"runs": {"dpo-rw_nc2": {"max_steps": 100}}}}))
+    assert other.ref_cache_name("dpo-rw_nc2").endswith("_v42s100b128r.jsonl")
+    assert Plan(merged(TINY)).ref_cache_name("exo-rw_nc2") == "rm_labels_t0.8_l256_g64_e1.jsonl"
+
+
 def test_data_params_per_split():
     """A split sees the other split's keys at their defaults, so changing them re-runs nothing
     of it."""

@@ -10,7 +10,14 @@ from exoflow.align import batch_loss, sequence_logps
 from exoflow.align_data import AlignCollator, encode_align
 from exoflow.io import read_records, write_records
 from exoflow.modeling import load_causal_lm, load_tokenizer
-from exoflow.refcache import CHECKED, RefCacheError, load_ref_cache, read_ref_cache
+from exoflow.refcache import (
+    CHECKED,
+    RefCacheError,
+    load_ref_cache,
+    precompute_ref,
+    read_ref_cache,
+)
+from exoflow.schedule import Visits
 from tests.helpers import align_params, k4_records, make_align_data, run_align, script_module
 
 
@@ -176,3 +183,79 @@ def test_cache_of_other_code_or_precision_is_refused(tiny, tmp_path):
         load_ref_cache(tiny.cache, *args, code="bbbb")  # made without a code hash
     with pytest.raises(RefCacheError, match=r"dtype: cache 'fp32', run 'bf16'"):
         load_ref_cache(stamped, *args, dtype="bf16")
+
+
+# ---- align.ref_records: visited -----------------------------------------------------------------
+def _trained_records(data, params, cache, seed=42):
+    """The record indices a real alignment run trains on (the first steps x accumulation
+    micro-batches its collator makes: the Trainer may collate one more ahead)."""
+    import exoflow.align as align_mod
+    from exoflow.align_data import AlignCollator
+
+    batches = []
+    call, encode = AlignCollator.__call__, align_mod.AlignRecipe.encode
+
+    def tagged_encode(self, records):
+        feats = encode(self, records)
+        for i, f in enumerate(feats):
+            f["_i"] = i
+        return feats
+
+    def tagged_call(self, features):
+        batches.append([f["_i"] for f in features])
+        return call(self, [{k: v for k, v in f.items() if k != "_i"} for f in features])
+
+    align_mod.AlignRecipe.encode, AlignCollator.__call__ = tagged_encode, tagged_call
+    try:
+        run_align(data, f"visits_{seed}_{params.group_by_length}", params, ref_cache=cache,
+                  engine={"seed": seed})
+    finally:
+        align_mod.AlignRecipe.encode, AlignCollator.__call__ = encode, call
+    accum = params.batch_size // params.micro_batch_size
+    return sorted(i for b in batches[:params.max_steps * accum] for i in b)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["random", "by-length"])
+def test_a_visited_cache_holds_exactly_the_records_the_run_trains_on(tiny, tmp_path, grouped):
+    """16 records, 4 per step, 3 steps: the run trains on 12; the cache made for its visits
+    holds those 12 and only those, and the run reads it."""
+    params = align_params(max_steps=3, save_every=3, group_by_length=grouped)
+    visits = Visits(42, 3, 4, grouped)
+    cache = tmp_path / "visited.jsonl"
+    settings = precompute_ref(tiny.sft, tiny.k4, cache, params.temp, params.max_len,
+                              params.max_gen_len, batch_size=8, progress=False, visits=visits)
+    _, rows = read_ref_cache(cache)
+    held = [i for i, r in enumerate(rows) if r is not None]
+    assert settings["num_visited"] == len(held) == 12
+    assert held == _trained_records(tiny, params, cache)
+    # the values it holds are those of the whole cache
+    _, full = read_ref_cache(tiny.cache)
+    for i in held:
+        assert rows[i] == pytest.approx(full[i], abs=1e-4)
+
+
+def test_a_cache_made_for_other_visits_is_refused(tiny, tmp_path):
+    params = align_params(max_steps=3, save_every=3)
+    cache = tmp_path / "seed7.jsonl"
+    precompute_ref(tiny.sft, tiny.k4, cache, params.temp, params.max_len, params.max_gen_len,
+                   batch_size=8, progress=False, visits=Visits(7, 3, 4, True))
+    with pytest.raises(RefCacheError, match="runs of v7s3b4g visit; this run is v0s3b4g"):
+        run_align(tiny, "other_seed", params, ref_cache=cache)
+    # a run past one epoch visits every record: the cache holds them all
+    settings = precompute_ref(tiny.sft, tiny.k4, tmp_path / "all.jsonl", params.temp,
+                              params.max_len, params.max_gen_len, batch_size=8, progress=False,
+                              visits=Visits(0, 5, 4, False))
+    assert settings["num_visited"] == 16
+
+
+def test_visit_order_is_the_samplers():
+    from exoflow.order import visit_order
+    from exoflow.trainer import SeededLengthGroupedSampler, SeededRandomSampler
+
+    lengths = [(7 * i) % 23 + 1 for i in range(40)]
+    grouped = SeededLengthGroupedSampler(8, lengths, seed=3)
+    grouped.set_epoch(1)
+    assert list(grouped) == visit_order(40, 3, 8, lengths, epoch=1)
+    randomly = SeededRandomSampler(40, seed=3)
+    assert list(randomly) == visit_order(40, 3, 8, None) != list(range(40))
+    assert sorted(visit_order(40, 3, 8, None)) == list(range(40))

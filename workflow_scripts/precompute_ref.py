@@ -6,7 +6,8 @@
         --cache results/tiny/data/ref_logps/rm_labels_t0.8_l256_g64_e1.jsonl
 
 --runtime is the alignment runs' engine and dtype: the reference runs in the precision they
-train in.
+train in. --visits v42s175b128r (align.ref_records: visited): only the records that runs of
+seed 42, 175 steps of 128 prompts, random batches train on (exoflow/order.py); the others null.
 """
 
 from exoflow import cli
@@ -26,6 +27,8 @@ def make_parser():
     p.param("runtime", "the alignment runs' engine and dtype, as JSON", section=Runtime)
     p.param("code", "hash of the code computing the values, recorded in the cache",
             default=None)
+    p.param("visits", "all (or none given), or the visits v<seed>s<steps>b<batch><g|r> of the "
+            "runs that read the cache: only the records they train on", type=str, default=None)
     p.output("cache", "the cache (.jsonl: a settings line, then K values per record)")
     return p
 
@@ -36,10 +39,13 @@ def main(argv=None):
 
     from exoflow.modeling import folder_of
     from exoflow.refcache import precompute_ref
+    from exoflow.schedule import Visits
 
     settings = precompute_ref(folder_of(args.reference), args.data, args.cache, args.temp,
                               args.max_len, args.max_gen_len, args.batch_size, args.runtime,
-                              code=args.code, eos_after_cut=bool(args.eos))
+                              code=args.code, eos_after_cut=bool(args.eos),
+                              visits=(None if args.visits in (None, "all")
+                                      else Visits.from_name(args.visits)))
     print(json.dumps(settings))
 
 
