@@ -210,8 +210,8 @@ def main(argv=None):
     ref_used = hours(fwd_fl(used * T_ref, T_ref))
     print(C.fmt_table(["reference log-probs at paper scale", "GPU-h"], [
         ["online: reference forward in every step of the 4 runs", f"{al_ref_online:.1f}"],
-        ["cache over every record of both data sets (exoflow now)", f"{ref_all:.1f}"],
-        ["cache over the records the runs visit (175 x 128 per data set)", f"{ref_used:.1f}"],
+        ["cache over every record of both data sets (ref_records: all)", f"{ref_all:.1f}"],
+        ["cache over the records the runs visit (ref_records: visited, config.yaml)", f"{ref_used:.1f}"],
     ]))
     print(f"# the runs visit {steps * prompts:,} of {TRAIN_PAIRS:,} prompts per data set; the cache "
           f"also drops the second 2.8B model (5.6 GB bf16 per GPU) from every alignment job")
