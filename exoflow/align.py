@@ -41,7 +41,7 @@ from .align_data import AlignCollator, check_num_candidates, encode_align
 from .errors import ExoflowError
 from .io import read_numbered, write_json
 from .logps import model_response_logps
-from .losses import alignment_loss, group_candidates
+from .losses import alignment_loss, group_candidates, make_loss
 from .modeling import load_causal_lm
 from .order import visited_records
 from .params import AlignParams
@@ -249,6 +249,7 @@ class AlignRecipe(Recipe):
         return f"train_align {self.out_dir.name}"
 
     def load_data(self):
+        make_loss(self.params.loss, self.params.to_dict(), f"{self.run_name}: loss")  # early
         numbered = read_numbered(self.train_file)
         self.train_records = [r for _, r in numbered]
         lines = [n for n, _ in numbered]

@@ -36,9 +36,8 @@ __all__ = ["AlignParams", "AlignSection", "Config", "DataParams", "EngineParams"
            "GenerationParams", "JudgeParams", "LayoutParams", "LoraParams", "ModelParams", "OptimParams",
            "RMParams", "SFTParams", "SampleParams", "ScoredParams", "ScratchParams", "Section",
            "StudyParams",
-           "SyntheticParams", "TrainParams", "config_schema", "param"]
+           "SyntheticParams", "TrainParams", "is_section", "param", "split_optional", "type_hints"]
 
-LOSS_NAMES = ("exo-pref", "exo-rw", "dpo-pref", "dpo-rw")  # exoflow.losses.LOSSES (tested)
 ALIGN_DATA = ("rm_labels", "p2r")
 DTYPES = ("bf16", "fp16", "fp32")
 RUN_NAME = r"^[A-Za-z0-9._-]+$"
@@ -72,11 +71,11 @@ def _closest(name: str, known) -> str:
 
 
 @functools.cache
-def _hints(cls) -> dict:
+def type_hints(cls) -> dict:
     return typing.get_type_hints(cls, vars(sys.modules[__name__]))
 
 
-def _split_optional(tp):
+def split_optional(tp):
     """``(inner type, nullable)`` of an annotation ``X | None``."""
     args = typing.get_args(tp)
     if type(None) in args:
@@ -85,7 +84,7 @@ def _split_optional(tp):
     return tp, False
 
 
-def _is_section(tp) -> bool:
+def is_section(tp) -> bool:
     return isinstance(tp, type) and issubclass(tp, Section)
 
 
@@ -98,12 +97,12 @@ def _type_error(where: str, tp) -> str:
 def _check_type(value, tp, where: str):
     """``value`` if it is of annotation ``tp`` (JSON's view: an int is a number, a bool is not
     an int); ParamsError naming ``where`` otherwise."""
-    inner, nullable = _split_optional(tp)
+    inner, nullable = split_optional(tp)
     if value is None:
         if nullable:
             return None
         raise ParamsError(f"{where} must be {_type_error(where, inner)}, got null")
-    if _is_section(inner) and not isinstance(value, (dict, inner)):
+    if is_section(inner) and not isinstance(value, (dict, inner)):
         raise ParamsError(f"{where} must be a mapping of its keys ({where}.<key>: <value>), "
                           f"got {value!r}")
     origin = typing.get_origin(inner) or inner
@@ -142,15 +141,15 @@ class Section:
             _WHERE.reset(token)
 
     def _check_fields(self) -> None:
-        hints = _hints(type(self))
+        hints = type_hints(type(self))
         for f in fields(self):
             where = self.where(f.name)
             value = getattr(self, f.name)
-            inner, _ = _split_optional(hints[f.name])
-            if _is_section(inner) and isinstance(value, dict):
+            inner, _ = split_optional(hints[f.name])
+            if is_section(inner) and isinstance(value, dict):
                 value = inner.from_dict(value, where)
                 setattr(self, f.name, value)
-            elif not (_is_section(inner) and isinstance(value, inner)):
+            elif not (is_section(inner) and isinstance(value, inner)):
                 _check_type(value, hints[f.name], where)
             _check_bounds(value, f.metadata, where)
 
@@ -226,7 +225,7 @@ def check_partial(cls, entry, where: str) -> None:
         if k not in known:
             raise ParamsError(f"{where}.{k}: unknown key{_closest(k, known)}; the keys are "
                               f"{', '.join(known)}")
-        _check_type(v, _hints(cls)[k], f"{where}.{k}")
+        _check_type(v, type_hints(cls)[k], f"{where}.{k}")
         _check_bounds(v, known[k].metadata, f"{where}.{k}")
 
 
@@ -523,7 +522,10 @@ class AlignParams(OptimParams, ResponseEOS):
     """One alignment run: ``align.defaults`` updated with the run's entry."""
 
     SECTION: ClassVar[str] = "align.defaults"
-    loss: str = param(help="Alignment loss.", choices=LOSS_NAMES)
+    loss: str | dict = param(help="Alignment loss: its name, or {name: <name>, <its own "
+                             "hyperparameter>: <value>} (loss.<hyperparameter> below; "
+                             "beta_pi, beta_r and pref_log_eps are set beside it).",
+                             schema={"$loss": True})
     data: str = param(help="Alignment data: rm_labels (SFT samples + RM rewards) or p2r (the "
                       "preference pairs as rewards [1, 0]).", choices=ALIGN_DATA)
     max_steps: int = param(help="Optimizer steps trained (the original: max_iter_step / "
@@ -558,6 +560,16 @@ class AlignParams(OptimParams, ResponseEOS):
 
     def check(self):
         super().check()
+        # the shape here; the loss itself (its name, hyperparameters, N) where the losses are
+        # known: exoflow.losses.make_loss, called by the plan and by the training job, so
+        # that editing a loss re-runs the alignment jobs only (exoflow.codehash)
+        if isinstance(self.loss, dict):
+            if not isinstance(self.loss.get("name"), str):
+                raise ParamsError(f"{self.where('loss')}: a mapping needs the loss's name "
+                                  f"(loss: {{name: ipo, tau: 0.1}}), got {self.loss!r}")
+        elif not isinstance(self.loss, str):
+            raise ParamsError(f"{self.where('loss')} must be a loss's name or a mapping "
+                              f"{{name: ..., <hyperparameter>: ...}}, got {self.loss!r}")
         if (self.save_every is None) == (self.saves_per_epoch is None):
             raise ParamsError(f"{self.where()}: set exactly one of save_every (checkpoints every "
                               "N optimizer steps) and saves_per_epoch (the original's "
@@ -578,6 +590,14 @@ class AlignParams(OptimParams, ResponseEOS):
                               "run saves, e.g. 10 as the original)")
 
     @property
+    def loss_label(self) -> str:
+        """The loss as tables show it: ``ipo`` or ``ipo(tau=0.05)``."""
+        if not isinstance(self.loss, dict):
+            return self.loss
+        own = ", ".join(f"{k}={v}" for k, v in self.loss.items() if k != "name")
+        return f"{self.loss['name']}({own})" if own else self.loss["name"]
+
+    @property
     def num_checkpoints(self) -> int:
         if self.save_every is not None:
             return self.max_steps // self.save_every
@@ -586,14 +606,6 @@ class AlignParams(OptimParams, ResponseEOS):
     def schedule(self) -> dict:
         return {"num_train_epochs": 1.0, "max_steps": int(self.max_steps),
                 "warmup_steps": self.warmup_steps}
-
-
-def _align_entry_schema(required: bool) -> dict:
-    s = _section_schema(AlignParams)
-    s.pop("required", None)
-    if required:
-        s["required"] = ["loss", "data"]
-    return s
 
 
 @dataclass(kw_only=True)
@@ -792,75 +804,3 @@ class Config(Section):
 
 
 # ---- the JSON schema -------------------------------------------------------------------------
-
-_JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array",
-               dict: "object"}
-_BOUNDS = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum",
-           "exclusive_maximum": "exclusiveMaximum", "pattern": "pattern"}
-
-
-def _field_schema(f, tp) -> dict:
-    inner, nullable = _split_optional(tp)
-    meta = f.metadata
-    extra = dict(meta.get("schema") or {})
-    align = extra.pop("$align", None)
-    if _is_section(inner):
-        s = _section_schema(inner)
-        if nullable:
-            s["type"] = ["object", "null"]
-    elif align is not None:
-        s = ({"type": "object", "propertyNames": {"pattern": RUN_NAME},
-              "additionalProperties": _align_entry_schema(True)} if align
-             else _align_entry_schema(False))
-    elif meta.get("choices"):
-        s = {"enum": list(meta["choices"])}
-    else:
-        origin = typing.get_origin(inner) or inner
-        t = _JSON_TYPES[origin]
-        s = {"type": [t, "null"] if nullable else t}
-        if origin is list and "items" not in extra:
-            (item,) = typing.get_args(inner)
-            s["items"] = {"type": _JSON_TYPES[typing.get_origin(item) or item]}
-    for key, name in _BOUNDS.items():
-        if meta.get(key) is not None:
-            s[name] = meta[key]
-    s.update(extra)
-    if f.default is not MISSING:
-        s["default"] = f.default
-    elif f.default_factory is not MISSING and not _is_section(inner):
-        s["default"] = f.default_factory()
-    s["description"] = meta["help"]
-    return s
-
-
-def _section_schema(cls) -> dict:
-    hints = _hints(cls)
-    props = {f.name: _field_schema(f, hints[f.name]) for f in fields(cls)}
-    s = {"type": "object", "additionalProperties": False}
-    required = [f.name for f in fields(cls) if f.default is MISSING
-                and f.default_factory is MISSING]
-    if required:
-        s["required"] = required
-    s["properties"] = props
-    return s
-
-
-def config_schema() -> dict:
-    """The JSON schema of a config, generated from :class:`Config`."""
-    s = _section_schema(Config)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "description": "exoflow configuration (config.yaml, configs/*.yaml), GENERATED from "
-                           "exoflow/params.py by `python -m exoflow.params > "
-                           "schemas/config.schema.yaml`: edit the parameters there. Unknown "
-                           "keys are errors.", **s}
-
-
-def schema_yaml() -> str:
-    import yaml
-
-    return "# GENERATED by `python -m exoflow.params`; edit exoflow/params.py instead.\n" + \
-        yaml.safe_dump(config_schema(), sort_keys=False, width=100, allow_unicode=True)
-
-
-if __name__ == "__main__":
-    print(schema_yaml(), end="")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import gpus
 from .errors import ExoflowError, ParamsError
+from .losses import Loss, make_loss
 from .params import AlignParams, Config, EngineParams, Runtime
 from .resources import snakemake_resources
 from .schedule import Visits, checkpoint_schedule
@@ -90,7 +91,7 @@ class Plan:
             raise ParamsError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
                               "model, eval/dataset the dataset's own responses); rename the run")
         for run in self.align_runs():
-            self.run_params(run)  # every run resolves to valid parameters
+            self.run_loss(run)  # every run resolves to valid parameters and a known loss
 
     # ---- paths -----------------------------------------------------------------------------
 
@@ -335,6 +336,11 @@ class Plan:
         entry = self.configurations()[conf]
         return AlignParams.from_dict(dict(self.cfg.align.defaults, **entry), self.where(run))
 
+    def run_loss(self, run: str) -> Loss:
+        """A run's loss (:mod:`exoflow.losses`), its hyperparameters checked."""
+        p = self.run_params(run)
+        return make_loss(p.loss, p.to_dict(), f"{self.where(run)}.loss")
+
     def num_checkpoints(self, run: str) -> int:
         return self.run_params(run).num_checkpoints
 
@@ -458,7 +464,7 @@ class Plan:
         for run, conf, seed in self.runs():
             p = self.run_params(run)
             d = p.to_dict()
-            meta[run] = {"configuration": conf, "seed": seed, "loss": p.loss, "data": p.data,
+            meta[run] = {"configuration": conf, "seed": seed, "loss": p.loss_label, "data": p.data,
                          "num_contrastive": p.num_contrastive,
                          "params": {k: d[k] for k in keys}}
         return meta

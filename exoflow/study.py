@@ -36,7 +36,11 @@ import numpy as np
 
 from .errors import ExoflowError, check_finite
 from .io import RecordError, read_json, read_records
+from .losses.registry import loss_family
 from .summary import save_figure, split, val_score
+
+# a line style per loss family (exoflow/losses: each loss's FAMILY); dotted for any other
+LINE_STYLES = {"exo": "-", "dpo": "--", "ipo": "-."}
 
 __all__ = ["METRICS", "across_seeds", "paired_bootstrap", "study_tables", "write_study"]
 
@@ -251,7 +255,7 @@ def plot_study(study, compare, out_png, title: str | None = None) -> None:
             lo = np.r_[sft[f"{y}_mean"], c[f"{y}_ci95_low"].to_numpy(float)]
             hi = np.r_[sft[f"{y}_mean"], c[f"{y}_ci95_high"].to_numpy(float)]
             col = colors[i % len(colors)]
-            ls = "-" if str(conf).startswith("exo") else "--"
+            ls = LINE_STYLES.get(loss_family(str(c["loss"].iloc[0])), ":")
             ax.plot(x, mid, color=col, ls=ls, marker="o", ms=3, lw=1.5, label=conf)
             ax.fill_between(x, lo, hi, color=col, alpha=0.12)
         ax.plot([0], [sft[f"{y}_mean"]], marker="*", ms=12, color="black", ls="none",

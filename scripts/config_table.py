@@ -27,6 +27,10 @@ def rows(schema: dict) -> list[tuple[str, str, str]]:
             return
         default = f"`{json_word(node['default'])}`" if "default" in node else ""
         out.append((prefix, default, node.get("description", "")))
+        for alt in node.get("oneOf", []):  # a loss's own hyperparameters
+            for key, sub in alt.get("properties", {}).items():
+                if key != "name":
+                    walk(f"{prefix}.{key}", sub)
 
     walk("", schema)
     return out

@@ -9,7 +9,8 @@ from exoflow.codehash import module_imports, package_closure
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "exoflow"
-MODULES = {f"exoflow.{p.stem}": p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
+MODULES = {"exoflow." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
+           for p in sorted(PACKAGE.rglob("*.py")) if p.stem != "__init__"}
 
 
 def graph() -> dict[str, set[str]]:
@@ -88,6 +89,19 @@ def test_every_module_says_what_it_is():
     assert Path(ROOT / "docs" / "ARCHITECTURE.md").exists()
     arch = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     for path in MODULES.values():
-        assert f"`{path.name}`" in arch, f"docs/ARCHITECTURE.md does not list {path.name}"
+        rel = path.relative_to(PACKAGE).as_posix()
+        assert f"`{rel}`" in arch, f"docs/ARCHITECTURE.md does not list {rel}"
     for rule_file in sorted((ROOT / "rules").glob("*.smk")):
         assert f"`{rule_file.name}`" in arch, f"docs/ARCHITECTURE.md does not list {rule_file.name}"
+
+
+def test_a_loss_is_reached_by_the_alignment_jobs_only():
+    """The losses are read by the plan and the alignment job, not by the parameters every
+    script imports: adding or editing a loss re-runs alignment (and the study's figure), never
+    the data, SFT, RM, sampling or evaluation jobs."""
+    scripts = ROOT / "workflow_scripts"
+    assert "exoflow.losses.ipo" in package_closure(scripts / "train_align.py", PACKAGE)
+    for name in ("preprocess", "train_stage", "sample", "label_rewards", "precompute_ref",
+                 "eval_checkpoint", "summarize"):
+        closure = package_closure(scripts / f"{name}.py", PACKAGE)
+        assert not [m for m in closure if m.startswith("exoflow.losses")], name

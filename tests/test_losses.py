@@ -25,6 +25,8 @@ from exoflow.losses import (
 )
 
 LOG_EPS = -10.0
+PAPER = ("exo-pref", "exo-rw", "dpo-pref", "dpo-rw")  # the EXO paper's, for any N
+PAIRWISE = ("ipo", "cdpo", "rdpo")
 
 
 # ----------------------------------------------------------------- plain-math reference
@@ -113,7 +115,7 @@ N4_EXPECTED_B = {
 
 
 def test_registry_names():
-    assert set(LOSSES) == {"exo-pref", "exo-rw", "dpo-pref", "dpo-rw"}
+    assert set(LOSSES) == {"exo-pref", "exo-rw", "dpo-pref", "dpo-rw", "ipo", "cdpo", "rdpo"}
 
 
 @pytest.mark.parametrize("loss_type", sorted(N2_EXPECTED))
@@ -154,7 +156,7 @@ def test_random_groups_match_plain_python():
     pol = -5 * torch.rand(3, 4, generator=g, dtype=torch.float64)
     ref = -5 * torch.rand(3, 4, generator=g, dtype=torch.float64)
     rew = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    for loss_type in LOSSES:
+    for loss_type in PAPER:
         loss, _ = alignment_loss(
             loss_type, pol, ref, rew, beta_pi=0.7, beta_r=0.3, pref_log_eps=-8.0
         )
@@ -194,7 +196,7 @@ def test_exo_rw_zero_at_target_and_shift_invariant():
     assert dpo_loss(lq, lq).item() == pytest.approx(-sum(x * math.log(x) for x in q), abs=1e-12)
 
 
-@pytest.mark.parametrize("loss_type", sorted(LOSSES))
+@pytest.mark.parametrize("loss_type", PAPER)
 def test_gradient_signs(loss_type):
     # From ℓ = 0 (p̂ uniform) raising the best candidate's ℓ must lower the loss,
     # raising the worst's must raise it; the reference's gradient is the opposite.
@@ -425,3 +427,112 @@ def test_exo_pref_equals_trl_exo_pair_with_normalised_eps(beta):
     assert theirs.item() - ours.item() == pytest.approx(math.log1p(eps), abs=1e-12)
     for a, b in zip(g_ours, g_trl, strict=True):
         assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------- the pairwise losses
+def _log_sigmoid(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def test_pairwise_losses_by_hand():
+    """Two pairs, the winner in either column: h = ℓ_w − ℓ_l = 1.5 and −0.5."""
+    pol = _t([[-3.0, -5.0], [-4.0, -2.0]])
+    ref = _t([[-3.5, -4.0], [-3.0, -1.5]])  # ℓ = [0.5, -1.0], [-1.0, -0.5]
+    rew = _t([[1.0, 0.0], [0.0, 1.0]])
+    h = [0.5 - (-1.0), -0.5 - (-1.0)]
+    assert h == [1.5, 0.5]
+    tau, beta, eps = 0.25, 0.5, 0.1
+    ipo = sum((x - 1 / (2 * tau)) ** 2 for x in h) / 2
+    cdpo = sum(-(1 - eps) * _log_sigmoid(beta * x) - eps * _log_sigmoid(-beta * x) for x in h) / 2
+    rdpo = sum((-(1 - eps) * _log_sigmoid(beta * x) + eps * _log_sigmoid(-beta * x))
+               / (1 - 2 * eps) for x in h) / 2
+    for loss, want in (({"name": "ipo", "tau": tau}, ipo),
+                       ({"name": "cdpo", "label_smoothing": eps}, cdpo),
+                       ({"name": "rdpo", "label_smoothing": eps}, rdpo)):
+        got, metrics = alignment_loss(loss, pol, ref, rew, beta_pi=beta, beta_r=1.0)
+        assert got.item() == pytest.approx(want, abs=1e-12), loss["name"]
+        assert metrics["rewards/accuracies"].item() == 1.0
+    # cdpo and rdpo at ε = 0 are DPO
+    dpo = alignment_loss("dpo-pref", pol, ref, rew, beta_pi=beta, beta_r=1.0)[0].item()
+    for name in ("cdpo", "rdpo"):
+        got = alignment_loss({"name": name, "label_smoothing": 0.0}, pol, ref, rew, beta, 1.0)
+        assert got[0].item() == pytest.approx(dpo, abs=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", PAIRWISE)
+def test_pairwise_gradient_signs(loss_type):
+    pol = _t([[-3.0, -2.0], [-1.0, -1.0]]).requires_grad_()
+    ref = pol.detach().clone()
+    rew = _t([[0.5, 2.0], [1.0, -1.0]])
+    alignment_loss(loss_type, pol, ref, rew, beta_pi=0.5, beta_r=1.0)[0].backward()
+    best, worst = rew.argmax(-1), rew.argmin(-1)
+    assert (pol.grad[torch.arange(2), best] < 0).all()
+    assert (pol.grad[torch.arange(2), worst] > 0).all()
+
+
+def test_a_pairwise_loss_takes_pairs_only():
+    four = _t([[-1.0, -2.0, -3.0, -4.0]])
+    with pytest.raises(ValueError, match="groups of 2"):
+        alignment_loss("ipo", four, four, four, beta_pi=0.5, beta_r=1.0)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_ipo_equals_trl_ipo(tau):
+    """trl divides each ℓ by its completion's tokens before IPO's square; with one completion
+    token per sequence (the harness) that is the summed form of the paper, ours."""
+    pol, ref, rew, winner = _pairs()
+    ar = torch.arange(pol.shape[0])
+    ours_pol = pol.clone().requires_grad_()
+    ours, _ = alignment_loss({"name": "ipo", "tau": tau}, ours_pol, ref, rew, beta_pi=0.5,
+                             beta_r=1.0)
+    ours.backward()
+    ch = pol[ar, winner].clone().requires_grad_()
+    rj = pol[ar, 1 - winner].clone().requires_grad_()
+    with _default_dtype(torch.float64):
+        theirs = _trl_loss("ipo", ch, rj, ref[ar, winner], ref[ar, 1 - winner], beta=tau)
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-10)
+    assert torch.allclose(ours_pol.grad[ar, winner], ch.grad, atol=1e-10, rtol=0)
+    assert torch.allclose(ours_pol.grad[ar, 1 - winner], rj.grad, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_robust_dpo_equals_trl_robust(eps):
+    pol, ref, rew, winner = _pairs()
+    ar = torch.arange(pol.shape[0])
+    ours_pol = pol.clone().requires_grad_()
+    ours, _ = alignment_loss({"name": "rdpo", "label_smoothing": eps}, ours_pol, ref, rew,
+                             beta_pi=0.5, beta_r=1.0)
+    ours.backward()
+    ch = pol[ar, winner].clone().requires_grad_()
+    rj = pol[ar, 1 - winner].clone().requires_grad_()
+    with _default_dtype(torch.float64):
+        theirs = _trl_loss("robust", ch, rj, ref[ar, winner], ref[ar, 1 - winner], beta=0.5,
+                           label_smoothing=eps)
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-10)
+    assert torch.allclose(ours_pol.grad[ar, winner], ch.grad, atol=1e-10, rtol=0)
+    assert torch.allclose(ours_pol.grad[ar, 1 - winner], rj.grad, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_conservative_dpo_equals_trls_label_smoothed_sigmoid(eps):
+    """trl 1.16's ``sigmoid`` no longer applies label_smoothing; its ``aot`` computes the
+    conservative-DPO expression −(1−ε) log σ(βh) − ε log σ(−βh) on margins sorted over the
+    batch, which for a batch of one pair is that pair's: compared pair by pair."""
+    pol, ref, rew, winner = _pairs()
+    for i in range(pol.shape[0]):
+        w, lo = int(winner[i]), 1 - int(winner[i])
+        ours_pol = pol[i:i + 1].clone().requires_grad_()
+        ours, _ = alignment_loss({"name": "cdpo", "label_smoothing": eps}, ours_pol,
+                                 ref[i:i + 1], rew[i:i + 1], beta_pi=0.5, beta_r=1.0)
+        ours.backward()
+        ch = pol[i, w].reshape(1).clone().requires_grad_()
+        rj = pol[i, lo].reshape(1).clone().requires_grad_()
+        with _default_dtype(torch.float64):
+            theirs = _trl_loss("aot", ch, rj, ref[i, w].reshape(1), ref[i, lo].reshape(1),
+                               beta=0.5, label_smoothing=eps)
+        theirs.backward()
+        assert ours.item() == pytest.approx(theirs.item(), abs=1e-10)
+        assert ours_pol.grad[0, w].item() == pytest.approx(ch.grad.item(), abs=1e-10)
+        assert ours_pol.grad[0, lo].item() == pytest.approx(rj.grad.item(), abs=1e-10)

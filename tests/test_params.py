@@ -22,10 +22,10 @@ CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
 def test_schema_file_is_generated_from_the_params():
-    out = subprocess.run([sys.executable, "-m", "exoflow.params"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "exoflow.schema"], capture_output=True,
                          text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "schemas" / "config.schema.yaml").read_text() == out, \
-        "python -m exoflow.params > schemas/config.schema.yaml"
+        "python -m exoflow.schema > schemas/config.schema.yaml"
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
@@ -42,7 +42,12 @@ def test_config_table_is_generated_from_the_schema():
 def test_every_field_has_help_and_every_loss_name_is_the_losses_table():
     from exoflow.losses import LOSSES
 
-    assert set(P.LOSS_NAMES) == set(LOSSES)
+    loss = SCHEMA["properties"]["align"]["properties"]["defaults"]["properties"]["loss"]
+    assert loss["oneOf"][0]["enum"] == list(LOSSES)
+    for cls in LOSSES.values():
+        assert cls.__doc__ and cls.NAME and cls.TARGET in ("rw", "pref"), cls
+        for f in cls.own():
+            assert f.metadata.get("help") and f.name in loss["oneOf"][1]["properties"], f.name
     for cls in [P.Config, P.DataParams, P.SyntheticParams, P.ModelParams, P.ScratchParams,
                 P.LoraParams, P.EngineParams, P.SFTParams, P.AlignParams, P.AlignSection,
                 P.SampleParams, P.EvalParams, P.StudyParams, P.Runtime]:

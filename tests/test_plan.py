@@ -187,3 +187,24 @@ def test_the_run_table_shows_an_override_an_overlay_left_behind():
         "loss": "exo-rw", "data": "rm_labels", "beta_r": 0.1}}}}))
     assert sweep.varying_keys() == ["lr", "beta_r"]
     assert sweep.run_table()[0].endswith("lr=0.0001 beta_r=0.1*")
+
+
+def test_a_runs_loss_is_checked_by_the_plan():
+    """A loss's own hyperparameters in the run's entry; a pairwise loss with N > 2, an unknown
+    loss or hyperparameter, a value out of bounds: refused before anything runs."""
+    runs = {"ipo_nc2": {"loss": {"name": "ipo", "tau": 0.05}, "data": "p2r"},
+            "cdpo_nc2": {"loss": "cdpo", "data": "p2r"}}
+    plan = Plan(merged(TINY, {"align": {"runs": runs, "only": ["ipo_nc2", "cdpo_nc2"]}}))
+    assert plan.run_loss("ipo_nc2").tau == 0.05
+    assert plan.run_loss("cdpo_nc2").label_smoothing == 0.1  # its default
+    assert plan.run_loss("cdpo_nc2").beta_pi == plan.run_params("cdpo_nc2").beta_pi
+    assert plan.run_meta()["ipo_nc2"]["loss"] == "ipo(tau=0.05)"
+    for entry, message in (
+            ({"loss": "ipo", "num_contrastive": 4}, "ipo compares one winner with one loser"),
+            ({"loss": {"name": "ipo", "beta": 1}}, "beta: not a hyperparameter of loss ipo"),
+            ({"loss": "robust-dpo"}, "unknown loss 'robust-dpo'"),
+            ({"loss": {"name": "rdpo", "label_smoothing": 0.5}}, "must be < 0.5"),
+            ({"loss": {"tau": 0.1}}, "a mapping needs the loss's name")):
+        bad = {"align": {"runs": {"x": dict({"data": "p2r"}, **entry)}, "only": ["x"]}}
+        with pytest.raises(ParamsError, match=message):
+            Plan(merged(TINY, bad))

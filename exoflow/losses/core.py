@@ -1,5 +1,5 @@
-"""Alignment losses of the EXO paper: EXO and DPO, each with reward (``*-rw``) or
-preference (``*-pref``) targets.
+"""The tensor work of the alignment losses (:mod:`exoflow.losses`): groups, targets, the EXO
+and DPO objectives, the pairwise margin, the batch mean and its metrics.
 
 Reference: H. Ji et al., "Towards Efficient Exact Optimization of Language Model
 Alignment", ICML 2024, arXiv:2402.00856 (§3 "Efficient exact optimization", §4 on DPO).
@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "LOSSES",
-    "alignment_loss",
     "dpo_loss",
     "exo_loss",
     "group_candidates",
+    "group_loss_mean",
+    "logsigmoid",
+    "pair_margin",
     "target_log_q",
 ]
 
@@ -134,33 +134,18 @@ def dpo_loss(logits_s: Tensor, log_q: Tensor) -> Tensor:
     return -torch.where(q > 0, q * log_p, torch.zeros_like(log_p)).sum(dim=-1)
 
 
-# Each registered loss: (s, rewards, beta_r, log_eps) -> (G,) per-group loss.
-def exo_pref_loss(s: Tensor, rewards: Tensor, beta_r: float, log_eps: float) -> Tensor:
-    """``exo-pref``: KL(p̂ ‖ q) with log q = 0 for the winner, log ε for the others."""
-    return exo_loss(s, target_log_q(rewards, "pref", beta_r, log_eps))
+def pair_margin(logratios: Tensor, rewards: Tensor) -> Tensor:
+    """h = ℓ_w − ℓ_l of each pair (G, 2): the winner has the higher reward (the first on a
+    tie, as :func:`target_log_q`'s ``pref``). Returns (G,)."""
+    if logratios.shape[-1] != 2:
+        raise ValueError(f"a pairwise loss takes groups of 2 candidates, got {logratios.shape[-1]}")
+    winner = rewards.argmax(dim=-1, keepdim=True)
+    w = logratios.gather(-1, winner).squeeze(-1)
+    return w - logratios.gather(-1, 1 - winner).squeeze(-1)
 
 
-def exo_rw_loss(s: Tensor, rewards: Tensor, beta_r: float, log_eps: float) -> Tensor:
-    """``exo-rw``: KL(p̂ ‖ softmax(r / β_r))."""
-    return exo_loss(s, target_log_q(rewards, "rw", beta_r, log_eps))
-
-
-def dpo_pref_loss(s: Tensor, rewards: Tensor, beta_r: float, log_eps: float) -> Tensor:
-    """``dpo-pref``: −log p̂_winner (one-hot target; ``log_eps`` unused)."""
-    return dpo_loss(s, target_log_q(rewards, "pref", beta_r, float("-inf")))
-
-
-def dpo_rw_loss(s: Tensor, rewards: Tensor, beta_r: float, log_eps: float) -> Tensor:
-    """``dpo-rw``: −Σ_i softmax(r / β_r)_i log p̂_i."""
-    return dpo_loss(s, target_log_q(rewards, "rw", beta_r, log_eps))
-
-
-LOSSES: dict[str, Callable[[Tensor, Tensor, float, float], Tensor]] = {
-    "exo-pref": exo_pref_loss,
-    "exo-rw": exo_rw_loss,
-    "dpo-pref": dpo_pref_loss,
-    "dpo-rw": dpo_rw_loss,
-}
+def logsigmoid(x: Tensor) -> Tensor:
+    return torch.nn.functional.logsigmoid(x)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -223,8 +208,8 @@ def _metrics(
     }
 
 
-def alignment_loss(
-    loss_type: str,
+def group_loss_mean(
+    loss,
     policy_logps: Tensor,
     ref_logps: Tensor,
     rewards: Tensor,
@@ -232,33 +217,27 @@ def alignment_loss(
     beta_r: float,
     pref_log_eps: float = -10.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Mean alignment loss over G groups of N candidates.
+    """Mean of ``loss`` (an :class:`exoflow.losses.base.Loss`) over G groups of N candidates.
 
     ``policy_logps``, ``ref_logps``, ``rewards``: (G, N). The log-probs are summed
     response log-probs at temperature τ, already computed (the reference's detached or
-    precomputed). ``loss_type`` is a key of :data:`LOSSES`. Computes ℓ = policy − ref,
-    s = β_π ℓ and averages the per-group loss over groups. Computation is in at least
-    float32. Returns ``(loss, metrics)``: ``loss`` a scalar tensor with gradient w.r.t.
-    ``policy_logps`` (and ``ref_logps`` if it requires grad); ``metrics`` detached
-    scalars named ``rewards/{chosen,rejected,margins,accuracies}``,
+    precomputed). Computes ℓ = policy − ref and averages the loss's per-group values over
+    groups, in at least float32. Returns ``(loss, metrics)``: ``loss`` a scalar tensor with
+    gradient w.r.t. ``policy_logps`` (and ``ref_logps`` if it requires grad); ``metrics``
+    detached scalars named ``rewards/{chosen,rejected,margins,accuracies}``,
     ``logps/{policy,ref}``, ``logratio/mean``, ``probs/chosen``, ``kl/{reverse,forward}``
-    (where "rewards" are the implicit rewards s = β_π ℓ, as in trl).
+    (where "rewards" are the implicit rewards s = β_π ℓ, as in trl; the KL against the
+    loss's kind of target, ``beta_r`` or ``pref_log_eps`` as the run sets them).
     """
-    try:
-        fn = LOSSES[loss_type]
-    except KeyError:
-        raise ValueError(
-            f"unknown loss_type {loss_type!r}; expected one of {sorted(LOSSES)}"
-        ) from None
     if not beta_pi > 0:
         raise ValueError(f"beta_pi must be > 0, got {beta_pi}")
     if not (math.isfinite(pref_log_eps) and pref_log_eps < 0):
         raise ValueError(f"pref_log_eps must be a finite negative number, got {pref_log_eps}")
     _check_inputs(policy_logps, ref_logps, rewards)
     dtype = torch.promote_types(policy_logps.dtype, torch.float32)
-    s = beta_pi * (policy_logps.to(dtype) - ref_logps.to(dtype))
-    rewards = rewards.detach().to(dtype=dtype, device=s.device)
-    loss = fn(s, rewards, beta_r, pref_log_eps).mean()
-    kind = loss_type.split("-", 1)[1]
-    metrics = _metrics(s, policy_logps, ref_logps, rewards, kind, beta_r, pref_log_eps)
-    return loss, metrics
+    logratios = policy_logps.to(dtype) - ref_logps.to(dtype)
+    rewards = rewards.detach().to(dtype=dtype, device=logratios.device)
+    value = loss(logratios, rewards).mean()
+    s = beta_pi * logratios
+    metrics = _metrics(s, policy_logps, ref_logps, rewards, loss.TARGET, beta_r, pref_log_eps)
+    return value, metrics
