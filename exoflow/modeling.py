@@ -1,13 +1,15 @@
 """Model and tokenizer factory.
 
-Two ways to get a base model, one folder format at the end:
+Three ways to get a base model, one folder format at the end:
 
 * ``model.init`` is a Hugging Face name or a local path of a causal LM (the paper:
   ``EleutherAI/pythia-2.8b``): loaded with ``AutoModel*``/``AutoTokenizer``.
+* ``model.init: model.gguf``: a GGUF file (llama.cpp's format), imported once into a folder
+  (:func:`import_gguf`, the rule ``import_base_model``).
 * ``model.init: scratch``: a GPT-NeoX (the Pythia architecture) built from ``model.scratch``
   with a byte-level BPE tokenizer trained on the preprocessed data.
 
-Both end as a ``save_pretrained`` folder (safetensors + tokenizer files); nothing downstream
+All end as a ``save_pretrained`` folder (safetensors + tokenizer files); nothing downstream
 knows which way made it.
 """
 
@@ -42,7 +44,7 @@ def folder_of(path) -> str:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
-                    model_max_length: int = 2048):
+                    model_max_length: int):
     """Train a byte-level BPE tokenizer (GPT-2/Pythia style) on ``texts`` and save it.
 
     Byte-level means every string is encodable (no unknown token); ``EOS_TOKEN`` and

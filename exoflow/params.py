@@ -5,14 +5,16 @@ with :func:`param`, whose ``help`` is the key's documentation and whose bounds a
 and written into the JSON schema. Nothing else states a default or a bound:
 
 * ``schemas/config.schema.yaml``, which Snakemake validates a config against before anything
-  runs, is generated from these classes (``python -m exoflow.params > schemas/config.schema.yaml``;
-  ``tests/test_params.py`` fails when the file differs), and the README's configuration table is
-  generated from the schema (``scripts/config_table.py``);
+  runs, is generated from these classes (``python -m exoflow.schema > schemas/config.schema.yaml``;
+  ``tests/test_params.py`` fails when the file differs), and the configuration table of
+  ``docs/CONFIG.md`` is generated from the schema (``scripts/config_table.py``);
 * :class:`exoflow.plan.Plan` turns a config into these objects, and the rules, the readers and
   the workflow scripts take their values from the objects (a script parses its ``--<section>``
   JSON argument back into the same class).
 
-Cross-key constraints live in each class's :meth:`Section.check`. No torch, no Snakemake.
+Cross-key constraints of a section live in its :meth:`Section.check`; what needs the losses
+(a run's loss, its hyperparameters) is checked where they are read (:mod:`exoflow.losses`, by the
+plan and the alignment job). No torch, no Snakemake.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules (built from tests/helpers.py)."""
+"""Fixtures shared by the test modules (built from tests/helpers/)."""
 
 import os
 from types import SimpleNamespace

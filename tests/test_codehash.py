@@ -1,4 +1,4 @@
-"""Code dependencies derived from imports, and a hash of what code does (issue 11)."""
+"""Code dependencies derived from imports, and a hash of what code does."""
 
 import modulefinder
 import shutil

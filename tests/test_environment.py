@@ -1,4 +1,4 @@
-"""Exact environments (issue 21): requirements.lock is what `make install` installs and what
+"""Exact environments: requirements.lock is what `make install` installs and what
 envs/exoflow.yaml pins; it satisfies pyproject.toml; the GPU bundle's checks (scripts/
 gpu_bundle.py) refuse a wheel the GPU machine's Python cannot install and a requirement that
 neither the bundle nor the image meets. `make gpu-rehearsal` runs the bundle for real."""

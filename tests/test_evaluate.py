@@ -115,7 +115,7 @@ def world(tmp_path_factory):
     write_records(d / "pref.jsonl", pairs)
     texts = [p + r["chosen"] + r["rejected"] for p, r in zip(prompts, pairs)] * 5
     texts += [sample_prompt(rng)[1] + oracle_response(sample_prompt(rng)[1]) for _ in range(100)]
-    train_tokenizer(texts, 320, d / "tok")
+    train_tokenizer(texts, 320, d / "tok", model_max_length=2048)
     tok = load_tokenizer(str(d / "tok"))
     for name, seed in (("sft", 0), ("copy", 0), ("other", 1), ("rm_body", 2)):
         model = build_scratch_model(TINY, tok, seed=seed)

@@ -229,8 +229,7 @@ def test_a_gguf_files_positions_are_read_from_its_metadata(tmp_path):
     naming the key and the file."""
     from exoflow.config_check import ConfigError, check_positions, gguf_positions
     from exoflow.plan import Plan
-    from tests.helpers import write_llama_gguf
-    from tests.test_plan import TINY, merged
+    from tests.helpers import TINY, merged, write_llama_gguf
 
     gguf = write_llama_gguf(make_family(tmp_path / "llama3", "llama3", positions=128),
                             tmp_path / "m.gguf")

@@ -1,4 +1,4 @@
-"""The exact per-token KL (issue 12) against a brute-force enumeration on a tiny vocabulary."""
+"""The exact per-token KL against a brute-force enumeration on a tiny vocabulary."""
 
 import itertools
 import math

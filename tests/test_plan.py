@@ -1,6 +1,5 @@
-"""The workflow's plan, tested without Snakemake or torch (issue 11)."""
+"""The workflow's plan, tested without Snakemake or torch."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -10,24 +9,12 @@ import yaml
 
 from exoflow.errors import ParamsError
 from exoflow.plan import Plan, rule_name
+from tests.helpers import TINY, merged
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def merged(*overlays):
-    """config.yaml with overlays merged as Snakemake does (dicts key by key)."""
-    def merge(a, b):
-        for k, v in b.items():
-            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
 
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for o in overlays:
-        cfg = merge(cfg, copy.deepcopy(o))
-    return cfg
-
-
-TINY = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
 
 
 def test_no_torch_or_snakemake_import():

@@ -1,4 +1,4 @@
-"""Concurrent runs, full disks, odd input (issue 19): each row of the issue's table reproduced
+"""Concurrent runs, full disks, odd input: each fault reproduced
 through the real CLI or rule, ending in one clear line, nothing made twice or half, and weights
 readable by colleagues."""
 

@@ -30,7 +30,7 @@ def rm_dir(tmp_path_factory):
     rng = random.Random(0)
     d = tmp_path_factory.mktemp("rm")
     tok = train_tokenizer(["\n\nHuman:" + words(rng, 20) + "\n\nAssistant:" + words(rng, 8)
-                           for _ in range(200)], 300, d)
+                           for _ in range(200)], 300, d, model_max_length=2048)
     build_scratch_model(dict(hidden_size=64, num_layers=2, num_heads=4,
                              max_position_embeddings=256), tok, seed=0).save_pretrained(d)
     torch.manual_seed(0)

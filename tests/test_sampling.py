@@ -34,7 +34,7 @@ def tok_dir(tmp_path_factory):
     rng = random.Random(0)
     texts = [dialogue(rng, rng.randint(3, 30)) + " Sure. Fine." for _ in range(200)]
     d = tmp_path_factory.mktemp("tok")
-    train_tokenizer(texts, 300, d)
+    train_tokenizer(texts, 300, d, model_max_length=2048)
     return d
 
 

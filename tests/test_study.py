@@ -1,4 +1,4 @@
-"""Studies (issue 12): run expansion, statistics across seeds, the paired bootstrap, the
+"""Studies: run expansion, statistics across seeds, the paired bootstrap, the
 validation/report split, by hand on small inputs."""
 
 import copy

@@ -154,7 +154,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     assert [e["step"] for e in resumed["loss_curve"]] == list(range(1, 17))
     for a, b in zip(resumed["loss_curve"], ref["loss_curve"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    # the whole run's mean loss, not only the steps after the resume (issue 10)
+    # the whole run's mean loss, not only the steps after the resume
     assert resumed["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
     assert ref["train_loss"] == pytest.approx(
         sum(e["loss"] for e in ref["loss_curve"]) / 16, abs=1e-6)
@@ -308,7 +308,7 @@ def test_stages_draw_length_grouped_batches(tiny, tmp_path, group):
 
 
 def test_save_final_refuses_non_finite_weights(tiny, tmp_path):
-    """The last line of defence (issue 10): whatever slipped past the step checks, a model with a
+    """The last line of defence: whatever slipped past the step checks, a model with a
     NaN weight is never written; the error names the run and the tensor."""
     import torch
 

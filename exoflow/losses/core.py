@@ -80,7 +80,7 @@ def group_candidates(x: Tensor, num_contrastive: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- targets
-def target_log_q(rewards: Tensor, kind: str, beta_r: float, log_eps: float = -10.0) -> Tensor:
+def target_log_q(rewards: Tensor, kind: str, beta_r: float, log_eps: float | None = None) -> Tensor:
     """Log of the target distribution q over each group (the paper's p_{r_{β_r}}).
 
     ``rewards`` (G, N). ``kind="rw"``: log q = log_softmax(r / β_r) (normalised).
@@ -98,7 +98,7 @@ def target_log_q(rewards: Tensor, kind: str, beta_r: float, log_eps: float = -10
             raise ValueError(f"beta_r must be > 0 for a reward target, got {beta_r}")
         return torch.log_softmax(rewards / beta_r, dim=-1)
     if kind == "pref":
-        if math.isnan(log_eps) or log_eps >= 0:
+        if log_eps is None or math.isnan(log_eps) or log_eps >= 0:
             raise ValueError(f"pref_log_eps must be negative (log of a small ε), got {log_eps}")
         winner = rewards.argmax(dim=-1, keepdim=True)
         log_q = torch.full_like(rewards, float(log_eps))
@@ -215,7 +215,7 @@ def group_loss_mean(
     rewards: Tensor,
     beta_pi: float,
     beta_r: float,
-    pref_log_eps: float = -10.0,
+    pref_log_eps: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean of ``loss`` (an :class:`exoflow.losses.base.Loss`) over G groups of N candidates.
 
