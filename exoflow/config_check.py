@@ -7,13 +7,9 @@ calls :func:`check_config` while it is parsed).
   types, bounds, and the constraints between the keys of one section;
 * the run set (``align.runs``, ``align.grid``, ``align.only``, ``align.seeds``) and the study's
   comparisons (:class:`exoflow.plan.Plan`);
-* across sections (:func:`check_across`, the README's "Bad config"): every run's
-  ``num_contrastive`` divides the candidates its data has (``sample.num_return`` for
-  ``rm_labels``, 2 for ``p2r``); ``eval.checkpoints`` is at most every run's checkpoint count;
-  ``eval.select_by: gold`` needs the synthetic source; ``data.source: local`` needs a
-  ``data.path`` holding both splits; every training stage's ``batch_size`` is a multiple of
-  ``micro_batch_size`` x the job's processes; the judge's prompts are report prompts that were
-  evaluated, its checkpoints evaluated ones, its template a file;
+* across sections: the ordered table of :mod:`exoflow.constraints` (each run's loss, its
+  ``num_contrastive`` against its data's candidates, checkpoints, batches, the data source,
+  the judge);
 * ``model.init``: ``scratch``, a Hugging Face name (``org/name``), a local folder that holds a
   config, weights and a tokenizer (:func:`exoflow.modeling.check_model_dir`), or a local GGUF
   file; a path that does not exist, or an empty or partial folder, is refused;
@@ -29,22 +25,17 @@ import re
 import sys
 from pathlib import Path
 
+from .constraints import ConfigError, check_constraints
 from .errors import ExoflowError
-from .io import find_split_file
 from .modeling import ModelLoadError, check_model_dir, gguf_metadata
 from .plan import Plan
 
-__all__ = ["ConfigError", "check_across", "check_config", "check_model_init", "check_schema",
+__all__ = ["ConfigError", "check_config", "check_model_init", "check_schema",
            "plan_or_exit"]
 
 # A hub repository id: "name" or "org/name" of letters, digits, ".", "_", "-".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-CANDIDATES_P2R = 2  # [chosen, rejected]
-
-
-class ConfigError(ExoflowError, ValueError):
-    """The config is inconsistent; the message names the key(s)."""
 
 
 def check_schema(config: dict, schema_file=SCHEMA) -> None:
@@ -122,64 +113,6 @@ def check_vocabulary(folder: Path) -> None:
             f"model.init: {folder}: the tokenizer's ids go up to {n - 1} (tokenizer.json) but "
             f"config.json's vocab_size is {size}: ids {size}..{n - 1} have no embedding; give "
             "the tokenizer the model was trained with (or resize its embeddings)")
-
-
-def check_across(plan: Plan) -> None:
-    """The constraints between sections (see the module docstring); ConfigError on the first."""
-    c = plan.cfg
-    for run in plan.align_runs():
-        p, where = plan.run_params(run), plan.where(run)
-        k, source = ((c.sample.num_return, f"sample.num_return = {c.sample.num_return}")
-                     if p.data == "rm_labels" else (CANDIDATES_P2R, "[chosen, rejected]"))
-        if k % p.num_contrastive:
-            raise ConfigError(
-                f"{plan.key_where(run, 'num_contrastive')} = {p.num_contrastive} does not "
-                f"divide the {k} "
-                f"candidates per prompt of its data {p.data} ({source}); set num_contrastive "
-                f"to a divisor of {k}" + (", or sample.num_return to a multiple of "
-                                          f"{p.num_contrastive}" if p.data == "rm_labels" else ""))
-        if c.eval.checkpoints > p.num_checkpoints:
-            raise ConfigError(
-                f"eval.checkpoints = {c.eval.checkpoints} but run {run} has "
-                f"{p.num_checkpoints} checkpoint(s) ({where}: "
-                + (f"max_steps {p.max_steps} / save_every {p.save_every}"
-                   if p.save_every is not None else f"checkpoints {p.checkpoints}")
-                + "); lower eval.checkpoints or save more often")
-    if c.eval.select_by == "gold" and c.data.source != "synthetic":
-        raise ConfigError(f"eval.select_by = gold needs the synthetic source (data.source is "
-                          f"{c.data.source}: no gold reward); use reward or win_rate")
-    if c.data.source == "local":
-        if not c.data.path:
-            raise ConfigError("data.source = local needs data.path: a folder with "
-                              "train.jsonl[.gz] and test.jsonl[.gz]")
-        for split in ("train", "test"):
-            try:
-                find_split_file(c.data.path, split)
-            except FileNotFoundError as e:
-                raise ConfigError(f"data.path: {e}") from None
-    j = c.judge
-    if j.base_url:
-        if c.eval.num_prompts is not None and c.eval.val_prompts + j.num_prompts > \
-                c.eval.num_prompts:
-            raise ConfigError(
-                f"judge.num_prompts = {j.num_prompts} report prompts after eval.val_prompts = "
-                f"{c.eval.val_prompts} exceed eval.num_prompts = {c.eval.num_prompts}; lower "
-                f"judge.num_prompts to at most {c.eval.num_prompts - c.eval.val_prompts}")
-        for k in j.checkpoints or []:
-            if k > c.eval.checkpoints:
-                raise ConfigError(f"judge.checkpoints: {k} is not an evaluated checkpoint "
-                                  f"(eval.checkpoints = {c.eval.checkpoints})")
-        if j.template and not Path(j.template).expanduser().is_file():
-            raise ConfigError(f"judge.template: no such file {j.template!r}")
-    n = plan.processes()
-    stages = [("sft", c.sft), ("rm", c.rm)] + [(plan.where(r), plan.run_params(r))
-                                               for r in plan.align_runs()]
-    for where, p in stages:
-        if p.batch_size % (p.micro_batch_size * n):
-            raise ConfigError(
-                f"{where}.batch_size = {p.batch_size} is not a multiple of micro_batch_size "
-                f"{p.micro_batch_size} x {n} training process(es) (engine.processes / gpus) = "
-                f"{p.micro_batch_size * n}; change one of them")
 
 
 # The keys a model config names its longest sequence with (GPT-2: n_positions).
@@ -299,6 +232,6 @@ def check_config(config: dict, schema_file=SCHEMA) -> Plan:
     except ExoflowError as e:
         raise ConfigError(str(e)) from None
     check_model_init(plan.cfg.model.init)
-    check_across(plan)
+    check_constraints(plan)
     check_positions(plan)
     return plan

@@ -38,7 +38,7 @@ __all__ = ["AlignParams", "AlignSection", "Config", "DataParams", "EngineParams"
            "GenerationParams", "JudgeParams", "LayoutParams", "LoraParams", "ModelParams", "OptimParams",
            "RMParams", "SFTParams", "SampleParams", "ScoredParams", "ScratchParams", "Section",
            "StudyParams",
-           "SyntheticParams", "TrainParams", "is_section", "param", "split_optional", "type_hints"]
+           "SyntheticParams", "TrainParams", "check_run_name", "is_section", "param", "split_optional", "type_hints"]
 
 ALIGN_DATA = ("rm_labels", "p2r")
 DTYPES = ("bf16", "fp16", "fp32")
@@ -60,6 +60,13 @@ def param(default: Any = MISSING, help: str = "", *, factory=None, minimum=None,
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def check_run_name(name: str, where: str) -> None:
+    """A run's name is a file name: letters, digits, '.', '_' and '-', not '.' or '..'."""
+    if not re.match(RUN_NAME, name) or name in (".", ".."):
+        raise ParamsError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' and "
+                          "'-' only, and is not '.' or '..'")
 
 
 def _closest(name: str, known) -> str:
@@ -645,9 +652,7 @@ class AlignSection(Section):
                              *((f"align.runs.{n}", e) for n, e in self.runs.items())]:
             check_partial(AlignParams, entry, where)
         for name in self.runs:
-            if not re.match(RUN_NAME, name) or name in (".", ".."):
-                raise ParamsError(f"align.runs: run name {name!r} may hold letters, digits, "
-                                  "'.', '_' and '-' only, and is not '.' or '..'")
+            check_run_name(name, "align.runs")
 
 
 # ---- sampling and evaluation -----------------------------------------------------------------

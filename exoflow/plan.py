@@ -19,7 +19,7 @@ from pathlib import Path
 from . import gpus
 from .errors import ExoflowError, ParamsError
 from .losses import Loss, make_loss
-from .params import AlignParams, Config, EngineParams, Runtime
+from .params import AlignParams, Config, EngineParams, Runtime, check_run_name
 from .resources import snakemake_resources
 from .schedule import Visits, checkpoint_schedule
 
@@ -64,9 +64,7 @@ def expand_grid(sweep: dict, where: str) -> list[tuple[str, dict]]:
         except KeyError as e:
             raise ParamsError(f"{where}: name template {template!r} names {e}, which is not a "
                               "key of the sweep") from None
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
-            raise ParamsError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' "
-                              "and '-' only, and is not '.' or '..'")
+        check_run_name(name, where)
         if name in seen:
             raise ParamsError(f"{where}: {seen[name]} and {entry} both get the name {name!r}")
         seen[name] = entry
@@ -91,7 +89,7 @@ class Plan:
             raise ParamsError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
                               "model, eval/dataset the dataset's own responses); rename the run")
         for run in self.align_runs():
-            self.run_loss(run)  # every run resolves to valid parameters and a known loss
+            self.run_params(run)  # every run resolves to valid parameters
 
     # ---- paths -----------------------------------------------------------------------------
 
@@ -414,12 +412,8 @@ class Plan:
 
     def eval_checkpoints(self, run: str) -> list[int]:
         """The evaluated checkpoints of a run: 1..eval.checkpoints (never more than the run has:
-        exoflow.config_check refuses that)."""
-        n = self.cfg.eval.checkpoints
-        if n > self.num_checkpoints(run):
-            raise ParamsError(f"eval.checkpoints = {n} but run {run} has "
-                              f"{self.num_checkpoints(run)} checkpoint(s)")
-        return list(range(1, n + 1))
+        exoflow.constraints refuses that)."""
+        return list(range(1, self.cfg.eval.checkpoints + 1))
 
     def eval_run_regex(self) -> str:
         """The run wildcard of samples/ and eval/: sft or an alignment run."""

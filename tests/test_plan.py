@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exoflow.constraints import ConfigError, check_constraints
 from exoflow.errors import ParamsError
 from exoflow.plan import Plan, rule_name
 from tests.helpers import TINY, merged
@@ -193,5 +194,5 @@ def test_a_runs_loss_is_checked_by_the_plan():
             ({"loss": {"name": "rdpo", "label_smoothing": 0.5}}, "must be < 0.5"),
             ({"loss": {"tau": 0.1}}, "a mapping needs the loss's name")):
         bad = {"align": {"runs": {"x": dict({"data": "p2r"}, **entry)}, "only": ["x"]}}
-        with pytest.raises(ParamsError, match=message):
-            Plan(merged(TINY, bad))
+        with pytest.raises((ParamsError, ConfigError), match=message):
+            check_constraints(Plan(merged(TINY, bad)))
