@@ -24,8 +24,8 @@ rule precompute_ref:
     share the file.
     """
     input:
-        reference=res("models/sft/config.json"),
-        data=res("data/{data}/train.jsonl"),
+        reference=PLAN.path("sft"),
+        data=PLAN.path("align_data"),
         deepspeed=PLAN.deepspeed_inputs(),
     output:
         cache=res(
@@ -34,7 +34,9 @@ rule precompute_ref:
     log:
         log("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}"),
     benchmark:
-        bench("precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}")
+        bench(
+            "precompute_ref", "{data}_t{temp}_l{max_len}_g{max_gen_len}_e{eos}{visits}"
+        )
     wildcard_constraints:
         data=PLAN.align_data_regex(),
         temp=r"[0-9][0-9.e+-]*",
@@ -63,7 +65,7 @@ for run in PLAN.align_runs():
         name:
             rule_name("train_align", run)
         input:
-            policy=res("models/sft/config.json"),
+            policy=PLAN.path("sft"),
             train=PLAN.align_data(run),
             ref_logps=PLAN.ref_cache_inputs(run),
             deepspeed=PLAN.deepspeed_inputs(),

@@ -7,9 +7,9 @@ if CFG.model.is_scratch:
     rule train_tokenizer:
         """model.init: scratch only - a byte-level BPE tokenizer trained on the training pairs."""
         input:
-            pairs=res("data/pref/train.jsonl"),
+            pairs=PLAN.path("pref", split="train"),
         output:
-            tokenizer=res("models/tokenizer/tokenizer.json"),
+            tokenizer=PLAN.path("tokenizer"),
         log:
             log("train_tokenizer"),
         benchmark:
@@ -27,9 +27,9 @@ if CFG.model.is_scratch:
         """model.init: scratch only - a seeded GPT-NeoX (Pythia architecture) that SFT and RM
         both start from."""
         input:
-            tokenizer=res("models/tokenizer/tokenizer.json"),
+            tokenizer=PLAN.path("tokenizer"),
         output:
-            model=res("models/base/config.json"),
+            model=PLAN.path("base"),
         log:
             log("init_base_model"),
         benchmark:
@@ -51,7 +51,7 @@ if CFG.model.is_gguf:
         input:
             gguf=PLAN.gguf_file(),
         output:
-            model=res("models/base/config.json"),
+            model=PLAN.path("base"),
         log:
             log("import_base_model"),
         benchmark:

@@ -1,8 +1,8 @@
 rule preprocess:
     """Raw HH pairs (hub, local folder or synthetic) -> {prompt, chosen, rejected}."""
     output:
-        pairs=res("data/pref/{split}.jsonl"),
-        stats=res("data/stats/{split}.json"),
+        pairs=PLAN.path("pref"),
+        stats=PLAN.path("stats"),
     log:
         log("preprocess", "{split}"),
     benchmark:
@@ -20,9 +20,9 @@ rule preprocess:
 rule data_stats:
     """Counts read, kept and dropped per reason, per split, in one file."""
     input:
-        splits=expand(res("data/stats/{split}.json"), split=SPLITS),
+        splits=expand(PLAN.path("stats"), split=SPLITS),
     output:
-        stats=res("data/stats.json"),
+        stats=PLAN.path("stats_all"),
     log:
         log("data_stats"),
     benchmark:
@@ -38,9 +38,9 @@ rule data_stats:
 rule pref_to_rewards:
     """Preference pairs in the alignment format: completions [chosen, rejected], rewards [1, 0]."""
     input:
-        pairs=res("data/pref/{split}.jsonl"),
+        pairs=PLAN.path("pref"),
     output:
-        records=res("data/p2r/{split}.jsonl"),
+        records=PLAN.path("p2r"),
     log:
         log("pref_to_rewards", "{split}"),
     benchmark:

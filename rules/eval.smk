@@ -12,9 +12,9 @@ rule sample_checkpoint:
     """
     input:
         model=ckpt_model,
-        prompts=res("data/pref/test.jsonl"),
+        prompts=PLAN.path("pref", split="test"),
     output:
-        samples=res("samples/{run}/ckpt{ckpt}/test.jsonl"),
+        samples=PLAN.path("samples"),
     log:
         log("sample_checkpoint", "{run}/ckpt{ckpt}"),
     benchmark:
@@ -43,14 +43,14 @@ rule eval_checkpoint:
     """RM reward, win rate against the SFT samples, KL(pi || pi_SFT) on the checkpoint's
     own samples, response length, and the gold reward with the synthetic source."""
     input:
-        samples=res("samples/{run}/ckpt{ckpt}/test.jsonl"),
-        sft_samples=res("samples/sft/ckpt0/test.jsonl"),
-        rm=res("models/rm/config.json"),
-        sft=res("models/sft/config.json"),
+        samples=PLAN.path("samples"),
+        sft_samples=PLAN.path("samples", run="sft", ckpt="0"),
+        rm=PLAN.path("rm"),
+        sft=PLAN.path("sft"),
         policy=ckpt_model,
     output:
-        summary=res("eval/{run}/ckpt{ckpt}/reward.json"),
-        rewards=res("eval/{run}/ckpt{ckpt}/rewards.jsonl"),
+        summary=PLAN.path("eval"),
+        rewards=PLAN.path("eval_rewards"),
     log:
         log("eval_checkpoint", "{run}/ckpt{ckpt}"),
     benchmark:
@@ -78,11 +78,11 @@ rule eval_dataset:
     """The reference levels: RM (and gold) reward of the dataset's own chosen and rejected
     responses to the same eval.num_prompts test prompts."""
     input:
-        rm=res("models/rm/config.json"),
-        pairs=res("data/pref/test.jsonl"),
+        rm=PLAN.path("rm"),
+        pairs=PLAN.path("pref", split="test"),
     output:
-        summary=res("eval/dataset/reward.json"),
-        rewards=res("eval/dataset/rewards.jsonl"),
+        summary=PLAN.path("dataset_eval"),
+        rewards=PLAN.path("dataset_rewards"),
     log:
         log("eval_dataset"),
     benchmark:
@@ -109,22 +109,26 @@ rule summarize:
     prompts; each run's checkpoint picked on the validation prompts) and summary.png (reward vs
     KL, reward / win rate / length vs step, gold when known)."""
     input:
-        sft=res("eval/sft/ckpt0/reward.json"),
-        dataset=res("eval/dataset/reward.json"),
+        sft=PLAN.path("eval", run="sft", ckpt="0"),
+        dataset=PLAN.path("dataset_eval"),
         checkpoints=PLAN.eval_checkpoint_targets(),
         records=[
-            res("eval/sft/ckpt0/rewards.jsonl"),
-            res("eval/dataset/rewards.jsonl"),
+            PLAN.path("eval_rewards", run="sft", ckpt="0"),
+            PLAN.path("dataset_rewards"),
             *PLAN.eval_rewards_targets(),
         ],
         judge=PLAN.judge_targets() if PLAN.judge_enabled() else [],
-        rm_metrics=res("models/rm/metrics.json"),
+        rm_metrics=PLAN.path("rm_metrics"),
     output:
         csv=report(
-            res("summary.csv"), caption="../report/summary_csv.rst", category="Summary"
+            PLAN.path("summary_csv"),
+            caption="../report/summary_csv.rst",
+            category="Summary",
         ),
         png=report(
-            res("summary.png"), caption="../report/summary.rst", category="Summary"
+            PLAN.path("summary_png"),
+            caption="../report/summary.rst",
+            category="Summary",
         ),
     log:
         log("summarize"),

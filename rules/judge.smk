@@ -7,12 +7,12 @@
 rule judge_checkpoint:
     """The judge's verdicts on a checkpoint's samples against a baseline's responses."""
     input:
-        evals=res("eval/{run}/ckpt{ckpt}/rewards.jsonl"),
-        dataset=res("eval/dataset/rewards.jsonl"),
+        evals=PLAN.path("eval_rewards"),
+        dataset=PLAN.path("dataset_rewards"),
         template=PLAN.judge_template_inputs(),
     output:
-        judgements=res("judge/{run}/ckpt{ckpt}/{baseline}/judgements.jsonl"),
-        summary=res("judge/{run}/ckpt{ckpt}/{baseline}/win_rate.json"),
+        judgements=PLAN.path("judgements"),
+        summary=PLAN.path("win_rate"),
     log:
         log("judge_checkpoint", "{run}/ckpt{ckpt}/{baseline}"),
     benchmark:

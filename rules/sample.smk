@@ -4,10 +4,10 @@
 rule sample_sft:
     """sample.num_return completions per prompt from the SFT model."""
     input:
-        model=res("models/sft/config.json"),
-        prompts=res("data/pref/{split}.jsonl"),
+        model=PLAN.path("sft"),
+        prompts=PLAN.path("pref"),
     output:
-        samples=res("data/sft_samples/{split}.jsonl"),
+        samples=PLAN.path("sft_samples"),
     log:
         log("sample_sft", "{split}"),
     benchmark:
@@ -32,10 +32,10 @@ rule sample_sft:
 rule label_rewards:
     """RM rewards for every SFT sample: the data of the *-rw alignment runs."""
     input:
-        rm=res("models/rm/config.json"),
-        samples=res("data/sft_samples/{split}.jsonl"),
+        rm=PLAN.path("rm"),
+        samples=PLAN.path("sft_samples"),
     output:
-        labels=res("data/rm_labels/{split}.jsonl"),
+        labels=PLAN.path("rm_labels"),
     log:
         log("label_rewards", "{split}"),
     benchmark:

@@ -7,9 +7,12 @@ rule study:
     """Across-seed means and intervals per configuration and checkpoint, paired bootstrap
     differences over seeds and prompts, and the reward/gold-KL frontiers with bands."""
     input:
-        sft=res("eval/sft/ckpt0/reward.json"),
+        sft=PLAN.path("eval", run="sft", ckpt="0"),
         checkpoints=PLAN.eval_checkpoint_targets(),
-        records=[res("eval/sft/ckpt0/rewards.jsonl"), *PLAN.eval_rewards_targets()],
+        records=[
+            PLAN.path("eval_rewards", run="sft", ckpt="0"),
+            *PLAN.eval_rewards_targets(),
+        ],
         judge=PLAN.judge_targets() if PLAN.judge_enabled() else [],
     output:
         csv=report(res("study/study.csv"), category="Study"),

@@ -11,12 +11,12 @@ for stage in ("sft", "rm"):
             f"train_{stage}"
         input:
             base=base_model_input(),
-            train=res("data/pref/train.jsonl"),
-            test=res("data/pref/test.jsonl"),
+            train=PLAN.path("pref", split="train"),
+            test=PLAN.path("pref", split="test"),
             deepspeed=PLAN.deepspeed_inputs(),
         output:
-            model=res(f"models/{stage}/config.json"),
-            metrics=res(f"models/{stage}/metrics.json"),
+            model=PLAN.path("model", stage=stage),
+            metrics=PLAN.path("model_metrics", stage=stage),
         log:
             log(f"train_{stage}"),
         benchmark:

@@ -195,7 +195,7 @@ def test_every_field_is_set_from_a_config():
 # ---- every default stated once ---------------------------------------------------------------
 
 # Where config values are read: none of these may state a default of its own.
-READERS = ["exoflow/plan.py", "exoflow/data.py", "exoflow/config_check.py", "rules/*.smk",
+READERS = ["exoflow/plan/*.py", "exoflow/constraints.py", "exoflow/data.py", "exoflow/config_check.py", "rules/*.smk",
            "workflow_scripts/*.py", "Snakefile"]
 
 
