@@ -85,7 +85,8 @@ def _module_file(name: str, package_dir: Path) -> Path:
 
 def package_closure(script, package_dir) -> dict[str, Path]:
     """``{module name: file}`` of every ``exoflow`` module ``script`` reaches through imports
-    (the package's ``__init__`` included whenever any module is: importing one runs it)."""
+    (the ``__init__`` of the package and of every subpackage a reached module is in included:
+    importing a module runs them)."""
     package_dir = Path(package_dir)
     todo, seen = list(module_imports(script, package_dir)), {}
     if todo:
@@ -97,6 +98,8 @@ def package_closure(script, package_dir) -> dict[str, Path]:
         f = _module_file(name, package_dir)
         seen[name] = f
         todo.extend(module_imports(f, package_dir) - set(seen))
+        parts = name.split(".")[:-1]  # importing a.b.c runs a/b/__init__.py first
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return dict(sorted(seen.items()))
 
 

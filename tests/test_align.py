@@ -16,6 +16,7 @@ from exoflow.align import batch_loss
 from exoflow.align_data import AlignCollator, check_num_candidates, encode_align
 from exoflow.errors import ParamsError
 from exoflow.io import read_json
+from exoflow.losses import make_loss
 from exoflow.modeling import load_causal_lm, load_tokenizer
 from exoflow.params import AlignParams
 from exoflow.workdir import PARAMS_FILE
@@ -46,8 +47,12 @@ def test_shipped_runs_resolve_to_valid_params():
 
 
 def test_bad_params_are_refused():
-    with pytest.raises(ParamsError, match="must be one of"):
-        align_params(loss="ipo")
+    with pytest.raises(ParamsError, match="must be a loss's name or a mapping"):
+        align_params(loss=3)
+    # the name itself is checked where the losses are known (the plan, the training job)
+    p = align_params(loss="ipoo")
+    with pytest.raises(ParamsError, match=r"unknown loss 'ipoo' \(did you mean 'ipo'\?\)"):
+        make_loss(p.loss, p.to_dict())
     with pytest.raises(ParamsError, match="max_steps 4 is not a multiple of save_every 5"):
         align_params(save_every=5)
     with pytest.raises(ParamsError, match="max_steps 5 is not a multiple of save_every 4"):
