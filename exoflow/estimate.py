@@ -38,6 +38,7 @@ from .config_check import check_config
 from .errors import ExoflowError
 from .io import read_json
 from .plan import Plan
+from .resources import count_records, train_steps
 
 __all__ = ["Projection", "fit", "job_units", "load_config", "probe_overlay", "project"]
 
@@ -97,11 +98,6 @@ def probe_overlay(config: dict, plan: Plan, scale: int) -> dict:
     return c
 
 
-def _lines(path) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def job_units(plan: Plan, n_train: int, n_test: int) -> dict[tuple[str, str], tuple[str, float]]:
     """``{(rule, job): (unit, how many)}`` for every job of ``eval_all`` that the estimate
     projects; ``job`` is the benchmark file's name (``<run>/ckpt<k>`` for a checkpoint)."""
@@ -110,14 +106,9 @@ def job_units(plan: Plan, n_train: int, n_test: int) -> dict[tuple[str, str], tu
     n_eval = min(n_test, cfg.eval.num_prompts or n_test)
     records = {"p2r": n_train, "rm_labels": n_sample}
 
-    def steps(section) -> int:
-        if section.max_steps:
-            return int(section.max_steps)
-        return math.ceil(float(section.epochs) * math.ceil(n_train / section.batch_size))
-
     units: dict[tuple[str, str], tuple[str, float]] = {
-        ("train_sft", "bench"): ("steps", steps(cfg.sft)),
-        ("train_rm", "bench"): ("steps", steps(cfg.rm)),
+        ("train_sft", "bench"): ("steps", train_steps(cfg.sft, n_train)),
+        ("train_rm", "bench"): ("steps", train_steps(cfg.rm, n_train)),
         ("eval_dataset", "bench"): ("prompts", n_eval),
         ("sample_checkpoint", "sft/ckpt0"): ("prompts", n_eval),
         ("eval_checkpoint", "sft/ckpt0"): ("prompts", n_eval),
@@ -267,7 +258,7 @@ def main(argv=None) -> int:
     # the configuration's own data stage: its record counts (and a stage the run needs anyway)
     train, test = plan.res("data/pref/train.jsonl"), plan.res("data/pref/test.jsonl")
     _snakemake(root, [train, test], files, args.cores)
-    n_train, n_test = _lines(root / train), _lines(root / test)
+    n_train, n_test = count_records(root / train), count_records(root / test)
     measured = {f"preprocess ({s})": t for (r, s), (t, _) in
                 read_benchmarks(root / plan.results).items() if r == "preprocess"}
     probes = []
@@ -282,8 +273,8 @@ def main(argv=None) -> int:
         overlay_file.write_text(yaml.safe_dump(overlay, sort_keys=False))
         try:
             _snakemake(root, ["eval_all"], [*files, str(overlay_file)], args.cores)
-            pt = _lines(root / probe_plan.res("data/pref/train.jsonl"))
-            pe = _lines(root / probe_plan.res("data/pref/test.jsonl"))
+            pt = count_records(root / probe_plan.res("data/pref/train.jsonl"))
+            pe = count_records(root / probe_plan.res("data/pref/test.jsonl"))
             probes.append((job_units(probe_plan, pt, pe), read_benchmarks(out)))
             steps = {k: read_json(root / m).get("step_seconds")
                      for k, m in training_metrics(probe_plan).items() if (root / m).exists()}

@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Work", "job_work", "mem_mb", "model_size", "runtime_min", "snakemake_resources"]
+__all__ = ["Work", "count_records", "job_work", "mem_mb", "model_size", "runtime_min", "snakemake_resources", "train_steps"]
 
 CPU_FLOPS_PER_THREAD = 25e9
 GPU_FLOPS = 100e12
@@ -102,12 +102,16 @@ def runtime_min(w: Work, attempt: int = 1) -> int:
     return attempt * max(MIN_MINUTES, math.ceil(MARGIN * seconds / 60))
 
 
-def _lines(path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
-    except OSError:
-        return 0
+def count_records(path) -> int:
+    """The non-empty lines of a JSON Lines file (OSError when it is not there)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def train_steps(section, n: int) -> int:
+    """The optimizer steps of an SFT or RM job (``sft``/``rm`` section) on ``n`` records:
+    ``max_steps``, else ``epochs`` x ceil(n / batch_size)."""
+    return section.max_steps or math.ceil(float(section.epochs) * math.ceil(n / section.batch_size))
 
 
 def _model_folder(paths) -> Path:
@@ -135,7 +139,7 @@ def job_work(plan, stage: str, run: str | None, params: int, vocab: int, n: int,
     common = {"params": params, "threads": threads}
     if stage in ("sft", "rm"):
         s = getattr(c, stage)
-        steps = s.max_steps or math.ceil(float(s.epochs) * math.ceil(n / s.batch_size))
+        steps = train_steps(s, n)
         seqs = 2 if stage == "rm" else 1
         logits = 0 if stage == "rm" else s.micro_batch_size * s.max_len * vocab
         return Work("train", tokens=steps * s.batch_size * seqs * s.max_len, logits=logits,
@@ -177,7 +181,11 @@ def snakemake_resources(plan, stage: str, run: str | None = None) -> dict:
 
     def work(input, threads) -> Work:
         params, vocab = model_size(_model_folder(input[model_key]))
-        return job_work(plan, stage, run, params, vocab, _lines(input[data_key]), threads)
+        try:
+            n = count_records(input[data_key])
+        except OSError:  # a dry run: the data is not there yet
+            n = 0
+        return job_work(plan, stage, run, params, vocab, n, threads)
 
     def mem(wildcards, input, threads, attempt):
         return mem_mb(work(input, threads), attempt)
