@@ -480,39 +480,20 @@ def test_a_pairwise_loss_takes_pairs_only():
 def test_ipo_equals_trl_ipo(tau):
     """trl divides each ℓ by its completion's tokens before IPO's square; with one completion
     token per sequence (the harness) that is the summed form of the paper, ours."""
-    pol, ref, rew, winner = _pairs()
-    ar = torch.arange(pol.shape[0])
-    ours_pol = pol.clone().requires_grad_()
-    ours, _ = alignment_loss({"name": "ipo", "tau": tau}, ours_pol, ref, rew, beta_pi=0.5,
-                             beta_r=1.0)
-    ours.backward()
-    ch = pol[ar, winner].clone().requires_grad_()
-    rj = pol[ar, 1 - winner].clone().requires_grad_()
-    with _default_dtype(torch.float64):
-        theirs = _trl_loss("ipo", ch, rj, ref[ar, winner], ref[ar, 1 - winner], beta=tau)
-    theirs.backward()
+    # trl's beta is IPO's τ; the run's beta_pi (the same number here) is unused by IPO
+    ours, theirs, g_ours, g_trl, _ = _ours_and_trl({"name": "ipo", "tau": tau}, "ipo", tau)
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-10)
-    assert torch.allclose(ours_pol.grad[ar, winner], ch.grad, atol=1e-10, rtol=0)
-    assert torch.allclose(ours_pol.grad[ar, 1 - winner], rj.grad, atol=1e-10, rtol=0)
+    for a, b in zip(g_ours, g_trl, strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_robust_dpo_equals_trl_robust(eps):
-    pol, ref, rew, winner = _pairs()
-    ar = torch.arange(pol.shape[0])
-    ours_pol = pol.clone().requires_grad_()
-    ours, _ = alignment_loss({"name": "rdpo", "label_smoothing": eps}, ours_pol, ref, rew,
-                             beta_pi=0.5, beta_r=1.0)
-    ours.backward()
-    ch = pol[ar, winner].clone().requires_grad_()
-    rj = pol[ar, 1 - winner].clone().requires_grad_()
-    with _default_dtype(torch.float64):
-        theirs = _trl_loss("robust", ch, rj, ref[ar, winner], ref[ar, 1 - winner], beta=0.5,
-                           label_smoothing=eps)
-    theirs.backward()
+    ours, theirs, g_ours, g_trl, _ = _ours_and_trl({"name": "rdpo", "label_smoothing": eps},
+                                                   "robust", 0.5, label_smoothing=eps)
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-10)
-    assert torch.allclose(ours_pol.grad[ar, winner], ch.grad, atol=1e-10, rtol=0)
-    assert torch.allclose(ours_pol.grad[ar, 1 - winner], rj.grad, atol=1e-10, rtol=0)
+    for a, b in zip(g_ours, g_trl, strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
