@@ -98,7 +98,7 @@ def _run_exoflow(name: str, cfg: dict, tmp: Path, steps: int) -> dict:
     import torch
 
     import exoflow.align as A
-    from exoflow.params import AlignParams, EngineParams, Runtime
+    from exoflow.config import AlignParams, EngineParams, Runtime
 
     loss = "exo-pref" if "exo-pref" in name else "dpo-pref"
     pad_to = cfg["max_len"] if name.startswith("original") else None
@@ -226,8 +226,8 @@ def worker(name: str, cfg: dict, conn) -> None:
 
 
 def prepare(size: str, steps: int, batch: int, max_len: int, max_gen_len: int) -> dict:
+    from exoflow.config import EngineParams, Runtime
     from exoflow.io import write_records
-    from exoflow.params import EngineParams, Runtime
     from exoflow.refcache import precompute_ref
 
     tok = C.load_tok()

@@ -59,8 +59,8 @@ def main(argv=None):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from exoflow.align import batch_loss
+    from exoflow.config import AlignParams
     from exoflow.modeling import EOS_TOKEN, PAD_TOKEN
-    from exoflow.params import AlignParams
     from exoflow.sampling import sample_completions
 
     if a.device.startswith("cuda") and not torch.cuda.is_available():

@@ -64,9 +64,9 @@ def main(argv=None):
 
     import exoflow.align as A
     import exoflow.align_data as D
+    from exoflow.config import AlignParams
     from exoflow.logps import text_logps
     from exoflow.modeling import load_causal_lm
-    from exoflow.params import AlignParams
 
     t_start = time.perf_counter()
     tok = C.load_tok()

@@ -38,13 +38,13 @@ import torch
 from transformers import TrainerCallback
 
 from .align_data import AlignCollator, check_num_candidates, encode_align
+from .config import AlignParams
 from .errors import ExoflowError
 from .io import read_numbered, write_json
 from .logps import model_response_logps
 from .losses import alignment_loss, group_candidates, make_loss
 from .modeling import load_causal_lm
 from .order import visited_records
-from .params import AlignParams
 from .recipe import METRICS_FILE, Recipe
 from .refcache import RefCacheError, load_ref_cache
 from .runtime import reference_dtype, reference_precision, world_size

@@ -79,7 +79,7 @@ class ScriptParser(argparse.ArgumentParser):
         return self._tagged("output", name, help, **kwargs)
 
     def param(self, name: str, help: str, type=value, section=None, **kwargs):
-        """A rule's params value; with ``section`` (a class of :mod:`exoflow.params`) a JSON
+        """A rule's params value; with ``section`` (a class of :mod:`exoflow.config`) a JSON
         object, or the path of a JSON file, read as that class once parsed (its errors are
         one line, as every error of a script)."""
         if section is not None:
@@ -127,7 +127,7 @@ def add_scoring_args(p: ScriptParser, what: str) -> None:
     """The arguments both evaluations (a checkpoint's samples, the dataset's responses) take
     after their own: the RM's layout, gold or not, the precision, threads and the two outputs
     (``what``: which models the precision applies to)."""
-    from .params import LayoutParams
+    from .config import LayoutParams
 
     p.param("rm_layout", "the RM's max_len and max_gen_len, as JSON", section=LayoutParams)
     p.param("gold", "also the synthetic gold reward (true/false)")
@@ -139,7 +139,7 @@ def add_scoring_args(p: ScriptParser, what: str) -> None:
 
 def script_parser(path) -> ScriptParser:
     """The :class:`ScriptParser` of the workflow script at ``path`` (its ``make_parser()``; a
-    script imports only this module and :mod:`exoflow.params` before ``main`` runs)."""
+    script imports only this module and :mod:`exoflow.config` before ``main`` runs)."""
     import importlib.util
     from pathlib import Path
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import hh, synthetic
+from .config import DataParams
 from .errors import ExoflowError
 from .hub import hub_reachable
 from .io import RecordError, find_split_file, iter_records
-from .params import DataParams
 
 HUB_DATASET = "Anthropic/hh-rlhf"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from .config_check import check_config
+from .config.check import check_config
 from .errors import ExoflowError
 from .io import read_json
 from .plan import Plan

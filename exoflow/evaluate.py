@@ -61,7 +61,7 @@ rejected responses of the same prompts::
 Example::
 
     from exoflow.evaluate import eval_checkpoint
-    from exoflow.params import EvalParams, LayoutParams
+    from exoflow.config import EvalParams, LayoutParams
     eval_checkpoint("samples/exo-rw_nc2/ckpt1/test.jsonl", "samples/sft/ckpt0/test.jsonl",
                     "models/rm", "models/sft", "models/align/exo-rw_nc2/ckpt1",
                     "eval/exo-rw_nc2/ckpt1/reward.json", "eval/exo-rw_nc2/ckpt1/rewards.jsonl",
@@ -79,6 +79,7 @@ import time
 from pathlib import Path
 
 from .batching import response_ids
+from .config import LayoutParams, ScoredParams
 from .errors import check_finite
 from .io import (
     PARAMS_FILE,
@@ -91,7 +92,6 @@ from .io import (
 )
 from .logps import text_logps, text_pair_stats
 from .modeling import load_causal_lm, load_tokenizer
-from .params import LayoutParams, ScoredParams
 from .rewards import load_scorer, score_texts
 from .runtime import default_device
 from .stats import flatten, reshape, summarize

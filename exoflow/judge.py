@@ -47,9 +47,9 @@ import threading
 import time
 from pathlib import Path
 
+from .config import JudgeParams
 from .errors import ExoflowError
 from .io import atomic_write, loads, read_records, write_json, write_records
-from .params import JudgeParams
 from .stats import summarize
 
 __all__ = ["DEFAULT_TEMPLATE", "JudgeError", "agreement", "judge_checkpoint", "parse_verdict",

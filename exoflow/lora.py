@@ -20,8 +20,8 @@ model exactly, since peft initialises ``B`` to zero.
 
 from __future__ import annotations
 
+from .config import LoraParams
 from .errors import ParamsError
-from .params import LoraParams
 
 __all__ = ["apply_lora", "is_peft", "merged_state_dict"]
 

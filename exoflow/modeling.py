@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .config import ScratchParams
 from .errors import ExoflowError, NonFiniteError
 from .hub import hub_endpoint, hub_reachable
 from .io import PARAMS_FILE, atomic_folder, read_json
-from .params import ScratchParams
 from .runtime import torch_dtype
 
 EOS_TOKEN = "<|endoftext|>"  # Pythia's names, so scratch and real tokenizers look alike

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
+from .config import OptimParams, Runtime
 from .io import read_records, write_json
 from .modeling import load_tokenizer
-from .params import OptimParams, Runtime
 from .runtime import setup_threads
 from .signals import GracefulStop, Stopped
 from .trainer import (

@@ -24,12 +24,12 @@ import math
 from pathlib import Path
 
 from .align_data import check_num_candidates, encode_align
+from .config import Runtime
 from .errors import ExoflowError, NonFiniteError
 from .io import atomic_write, loads, read_numbered
 from .logps import text_logps
 from .modeling import load_causal_lm, load_tokenizer
 from .order import visited_records
-from .params import Runtime
 from .runtime import on_cpu, reference_dtype, reference_precision, setup_threads, torch_dtype
 from .schedule import Visits
 
@@ -182,7 +182,7 @@ def precompute_ref(reference, data_file, out_path, temp: float, max_len: int, ma
                    visits: Visits | None = None) -> dict:
     """Compute the reference log-probs of ``data_file``'s candidates into ``out_path``.
 
-    ``runtime`` (:class:`exoflow.params.Runtime`, default: CPU, fp32) says how the alignment
+    ``runtime`` (:class:`exoflow.config.Runtime`, default: CPU, fp32) says how the alignment
     runs train: with ``engine.gpus > 0`` and a visible GPU this runs on the first one, in the
     precision training runs the policy in (:func:`exoflow.runtime.reference_precision`); on the
     CPU in fp32. ``code``: the hash of the code that computes the values (the workflow passes

@@ -11,7 +11,7 @@ the last non-pad token) sees the last response token. Sequences are length-sorte
 Example::
 
     from exoflow.rewards import label_file
-    from exoflow.params import LayoutParams
+    from exoflow.config import LayoutParams
     label_file("results/tiny/models/rm", "results/tiny/data/sft_samples/train.jsonl",
                "rm_labels.jsonl", batch_size=64, layout=LayoutParams(max_len=256, max_gen_len=64))
 """
@@ -19,9 +19,9 @@ Example::
 from __future__ import annotations
 
 from .batching import encode_pair, length_sorted_batches, pad_batch
+from .config import LayoutParams
 from .io import RecordError, read_records, write_records
 from .modeling import load_reward_model, load_tokenizer
-from .params import LayoutParams
 from .runtime import default_device, inference, progress_bar
 
 

@@ -11,8 +11,8 @@ import contextlib
 import os
 import sys
 
+from .config import Runtime
 from .errors import ParamsError
-from .params import Runtime
 
 __all__ = ["default_device", "die_with_launcher", "eval_shard", "gradient_accumulation_steps",
            "inference", "on_cpu", "progress_bar", "reduce_sums", "reference_dtype", "reference_precision", "set_threads",
@@ -29,10 +29,9 @@ def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, n_procs:
     per_pass = micro_batch_size * n_procs
     if batch_size % per_pass:
         raise ParamsError(
-            f"batch_size {batch_size} is not divisible by micro_batch_size {micro_batch_size} x "
-            f"{n_procs} process(es) = {per_pass}; change batch_size, micro_batch_size or the "
-            "number of GPUs so that it is"
-        )
+            f"batch_size {batch_size} is not a multiple of micro_batch_size {micro_batch_size} x "
+            f"{n_procs} training process(es) (engine.processes, else engine.gpus) = {per_pass}; "
+            "change one of them")
     return batch_size // per_pass
 
 

@@ -42,9 +42,9 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from .batching import Encoded, decode_response, encode_prompt, length_sorted_batches, pad_batch
+from .config import GenerationParams
 from .io import RecordError, iter_records, write_records
 from .modeling import load_causal_lm, load_tokenizer
-from .params import GenerationParams
 from .runtime import default_device, inference, progress_bar
 
 TURN_MARKERS = ("\n\nHuman:", "\n\nAssistant:")

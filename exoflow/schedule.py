@@ -89,7 +89,7 @@ def lr_at(step: int, peak: float, horizon: int, warmup: int, scheduler: str) -> 
 
 def checkpoint_schedule(params, num_prompts: int, processes: int,
                         where: str = "align") -> list[CheckpointAt]:
-    """The checkpoints of a run with ``params`` (:class:`exoflow.params.AlignParams`) on
+    """The checkpoints of a run with ``params`` (:class:`exoflow.config.AlignParams`) on
     ``num_prompts`` training prompts and ``processes`` training processes; ParamsError naming
     ``where`` when the planned checkpoints do not fit in ``max_steps``."""
     if num_prompts < 1:

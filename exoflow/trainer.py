@@ -24,11 +24,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .config import OptimParams, Runtime
 from .errors import ExoflowError, NonFiniteError, ParamsError
 from .lora import is_peft
 from .modeling import parameter_counts
 from .order import visit_order
-from .params import OptimParams, Runtime
 from .runtime import (
     die_with_launcher,
     eval_shard,

@@ -1,5 +1,5 @@
 # Validation, path helpers and input functions; the plan itself (runs, checkpoints, file
-# names, GPU prefixes) is exoflow.plan and every parameter is exoflow.params, both tested
+# names, GPU prefixes) is exoflow.plan and every parameter is exoflow.config, both tested
 # without Snakemake.
 import json
 import shlex
@@ -10,7 +10,7 @@ from snakemake.settings.types import DeploymentMethod
 
 from exoflow.cli import script_parser, shell_args
 from exoflow.codehash import code_hash
-from exoflow.config_check import plan_or_exit
+from exoflow.config.check import plan_or_exit
 from exoflow.errors import ExoflowError
 from exoflow.plan import rule_name
 from exoflow.signals import forward_interrupt
@@ -45,14 +45,14 @@ def python_command():
     )
 
 
-# The config against schemas/config.schema.yaml (generated from exoflow/params.py, where every
-# default lives) and every check a dry run can make (exoflow.config_check): a bad config stops
+# The config against schemas/config.schema.yaml (generated from exoflow/config/, where every
+# default lives) and every check a dry run can make (exoflow.config.check): a bad config stops
 # here with one line; --debug (or EXOFLOW_DEBUG=1) shows the traceback.
 PLAN = plan_or_exit(config, sys.argv)
 # Ctrl-C reaches every job (Snakemake alone waits for them unsignalled): exoflow/signals.py
 forward_interrupt()
 PLAN.python = python_command()
-CFG = PLAN.cfg  # the config as exoflow.params objects, every default filled in
+CFG = PLAN.cfg  # the config as exoflow.config objects, every default filled in
 RESULTS = PLAN.results
 
 

@@ -1,5 +1,5 @@
 """Print the configuration table of docs/CONFIG.md, generated from schemas/config.schema.yaml
-(itself generated from exoflow/params.py): one row per key, its default where there is one,
+(itself generated from exoflow/config/): one row per key, its default where there is one,
 and its description.
 
     python scripts/config_table.py            # tests/test_params.py checks docs/CONFIG.md holds it

@@ -14,11 +14,11 @@ import yaml
 
 from exoflow.align import batch_loss
 from exoflow.align_data import AlignCollator, check_num_candidates, encode_align
+from exoflow.config import AlignParams
 from exoflow.errors import ParamsError
 from exoflow.io import read_json
 from exoflow.losses import make_loss
 from exoflow.modeling import load_causal_lm, load_tokenizer
-from exoflow.params import AlignParams
 from exoflow.workdir import PARAMS_FILE
 from tests.helpers import (
     ALIGN_METRICS,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exoflow.config_check import check_config
+from exoflow.config.check import check_config
 from exoflow.estimate import fit, job_units, load_config, probe_overlay, project
 from tests.helpers import copy_workflow, snakemake
 

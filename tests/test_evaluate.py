@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from exoflow.config import EvalParams, GenerationParams, LayoutParams
 from exoflow.evaluate import (
     eval_checkpoint,
     eval_dataset,
@@ -17,7 +18,6 @@ from exoflow.evaluate import (
 )
 from exoflow.io import RecordError, read_json, read_records, write_json, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, load_tokenizer, train_tokenizer
-from exoflow.params import EvalParams, GenerationParams, LayoutParams
 from exoflow.sampling import sample_file
 from exoflow.synthetic import gold_reward, oracle_response, sample_prompt
 from exoflow.workdir import PARAMS_FILE

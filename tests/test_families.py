@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from exoflow.batching import bos_ids, decode_response, encode_pair, encode_prompt, pad_batch
+from exoflow.config import LoraParams
 from exoflow.logps import text_logps, text_pair_stats
 from exoflow.lora import apply_lora, block_linear_layers, merged_state_dict
 from exoflow.modeling import load_causal_lm, load_reward_model, load_tokenizer
-from exoflow.params import LoraParams
 from exoflow.rewards import score_texts
 from exoflow.sampling import sample_completions
 from tests.helpers import FAMILIES, align_params, make_family, make_records, tiny_stage
@@ -152,8 +152,8 @@ def test_every_stage_trains(family, tmp_path):
     the family's folder: finite losses, saved folders that load; the exact KL of the aligned
     checkpoint's samples against the SFT model is non-negative."""
     from exoflow.align import train_align
+    from exoflow.config import RMParams, SFTParams
     from exoflow.io import write_records
-    from exoflow.params import RMParams, SFTParams
     from exoflow.rm import train_rm
     from exoflow.sft import train_sft
     from tests.helpers import k4_records, tiny_runtime
@@ -227,7 +227,7 @@ def test_a_gguf_files_positions_are_read_from_its_metadata(tmp_path):
     """The dry run's limit for a GGUF model.init is the file's <arch>.context_length (were the
     metadata read as absent, the check would pass silently), and a max_len beyond it is refused
     naming the key and the file."""
-    from exoflow.config_check import ConfigError, check_positions, gguf_positions
+    from exoflow.config.constraints import ConfigError, gguf_positions, sequences_fit_positions
     from exoflow.plan import Plan
     from tests.helpers import TINY, merged, write_llama_gguf
 
@@ -237,7 +237,7 @@ def test_a_gguf_files_positions_are_read_from_its_metadata(tmp_path):
     plan = Plan(merged(TINY, {"model": {"init": str(gguf)}}))
     with pytest.raises(ConfigError, match=r"exceeds the model's 128 positions "
                                           r"\(llama\.context_length = 128 in "):
-        check_positions(plan)
+        sequences_fit_positions(plan)
 
 
 def test_a_sequence_longer_than_the_models_positions_is_refused_by_the_dry_run(tmp_path):

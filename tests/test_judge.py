@@ -15,9 +15,9 @@ import urllib.request
 
 import pytest
 
+from exoflow.config import JudgeParams
 from exoflow.io import read_json, read_records, write_records
 from exoflow.judge import agreement, parse_verdict, summarize_judgements
-from exoflow.params import JudgeParams
 from tests.helpers import ROOT, free_port, one_line_error, script, served_judge
 
 # ---- by hand ------------------------------------------------------------------------------------

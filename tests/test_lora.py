@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
+from exoflow.config import LoraParams, RMParams, SFTParams
 from exoflow.errors import ParamsError
 from exoflow.io import read_json
 from exoflow.lora import apply_lora, merged_state_dict
 from exoflow.modeling import load_causal_lm, load_reward_model, load_tokenizer
-from exoflow.params import LoraParams, RMParams, SFTParams
 from exoflow.plan import Plan
 from exoflow.rm import train_rm
 from exoflow.sft import train_sft

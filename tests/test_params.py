@@ -1,4 +1,4 @@
-"""One home for every parameter (exoflow.params): the schema file is generated from it, its
+"""One home for every parameter (exoflow.config): the schema file is generated from it, its
 bounds are the classes' own, every field is set from a config, every default is stated there
 alone, and messages name the key (with the closest known one for a typo)."""
 
@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from exoflow import params as P
+from exoflow import config as P
 from exoflow.errors import ExoflowError, ParamsError
 from exoflow.plan import Plan
 from tests.helpers import ROOT
@@ -22,10 +22,10 @@ CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
 def test_schema_file_is_generated_from_the_params():
-    out = subprocess.run([sys.executable, "-m", "exoflow.schema"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "exoflow.config.schema"], capture_output=True,
                          text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "schemas" / "config.schema.yaml").read_text() == out, \
-        "python -m exoflow.schema > schemas/config.schema.yaml"
+        "python -m exoflow.config.schema > schemas/config.schema.yaml"
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
@@ -195,13 +195,13 @@ def test_every_field_is_set_from_a_config():
 # ---- every default stated once ---------------------------------------------------------------
 
 # Where config values are read: none of these may state a default of its own.
-READERS = ["exoflow/plan/*.py", "exoflow/constraints.py", "exoflow/data.py", "exoflow/config_check.py", "rules/*.smk",
+READERS = ["exoflow/plan/*.py", "exoflow/config/constraints.py", "exoflow/data.py", "exoflow/config/check.py", "rules/*.smk",
            "workflow_scripts/*.py", "Snakefile"]
 
 
 def test_no_default_is_stated_outside_the_params():
     """No `.get(key, default)` on a config section and no argparse default other than None or
-    an empty list in the readers of the config: every default lives in exoflow/params.py."""
+    an empty list in the readers of the config: every default lives in exoflow/config/."""
     found = []
     for pattern in READERS:
         for path in sorted(ROOT.glob(pattern)):
@@ -240,3 +240,38 @@ def test_messages_name_the_key_and_the_closest_known_one():
                                                                   "data": "p2r", "lr": 0}})))
     with pytest.raises(ParamsError, match="must be a finite number"):
         P.SFTParams.from_dict(dict(CONFIG["sft"], lr=float("nan")))
+
+
+# ---- align.defaults and align.runs: typed partial sections of one run ------------------------
+
+
+def test_align_defaults_and_runs_are_typed_partial_sections_of_a_run():
+    """Each key a config sets in align.defaults or a run's entry is checked as AlignParams
+    checks it, the others stay unset (a run takes them from the defaults), a run's entry must
+    name its loss and data, and the section written back is the config that was read."""
+    cfg = P.Config.from_dict(CONFIG)
+    run = cfg.align.runs["exo-rw_nc2"]
+    assert isinstance(run, P.AlignRun) and isinstance(cfg.align.defaults, P.AlignDefaults)
+    assert run.given() == CONFIG["align"]["runs"]["exo-rw_nc2"]
+    assert run.lr is P.UNSET and cfg.align.defaults.lr == CONFIG["align"]["defaults"]["lr"]
+    assert cfg.align.to_dict()["runs"] == CONFIG["align"]["runs"]
+    assert cfg.align.to_dict()["defaults"] == CONFIG["align"]["defaults"]
+    assert P.Config.from_dict(cfg.to_dict()) == cfg
+
+    def refused(runs, message):
+        bad = dict(CONFIG, align=dict(CONFIG["align"], runs=runs))
+        with pytest.raises(ParamsError, match=message):
+            P.Config.from_dict(bad)
+        assert list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(bad)), runs
+
+    refused({"x": {"loss": "exo-rw"}}, r"^align.runs.x: missing key\(s\) data$")
+    refused({"x": 3}, r"^align.runs.x must be a mapping of its keys")
+    refused({"a/b": {"loss": "exo-rw", "data": "p2r"}}, r"^align.runs: run name 'a/b' may hold")
+    refused({"x": {"loss": "exo-rw", "data": "p2r", "num_contrastive": 1}},
+            r"^align.runs.x.num_contrastive must be >= 2, got 1")
+    refused({"x": {"loss": "exo-rw", "data": "p2r", "lr_horizon": "epochs"}},
+            r"^align.runs.x.lr_horizon must be one of \['max_steps', 'epoch'\], got 'epochs' "
+            r"\(did you mean 'epoch'\?\)")
+    with pytest.raises(ParamsError, match=r"^align.defaults.temp must be > 0, got -1"):
+        P.Config.from_dict(dict(CONFIG, align=dict(CONFIG["align"], defaults=dict(
+            CONFIG["align"]["defaults"], temp=-1))))

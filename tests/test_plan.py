@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exoflow.constraints import ConfigError, check_constraints
+from exoflow.config.constraints import ConfigError, check_constraints
 from exoflow.errors import ParamsError
 from exoflow.plan import Plan, rule_name
 from tests.helpers import TINY, merged
@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_no_torch_or_snakemake_import():
-    code = ("import sys, exoflow.plan, exoflow.params, exoflow.cli, exoflow.codehash, "
-            "exoflow.config_check; "
+    code = ("import sys, exoflow.plan, exoflow.config, exoflow.cli, exoflow.codehash, "
+            "exoflow.config.check; "
             "print(sorted(m for m in ('torch', 'snakemake', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -135,8 +135,16 @@ def test_launcher_and_gpu_prefix():
 def test_rule_names_and_reserved_runs():
     assert rule_name("train_align", "exo-rw_nc2") == "train_align_exo_rw_nc2"
     assert rule_name("train_align", "a.b c") == "train_align_a_b_c"
-    with pytest.raises(ValueError, match="reserved"):
-        Plan(merged(TINY, {"align": {"runs": {"sft": {"loss": "exo-rw", "data": "rm_labels"}}}}))
+    with pytest.raises(ConfigError, match=r"align.runs: \['sft'\] are reserved names"):
+        check_constraints(Plan(merged(TINY, {"align": {"runs": {"sft": {"loss": "exo-rw",
+                                                                       "data": "rm_labels"}}}})))
+
+
+def test_study_compare_names_configurations():
+    plan = Plan(merged(TINY, {"study": {"compare": [["exo-rw_nc2", "exo-rw_nc3"]]}}))
+    with pytest.raises(ConfigError, match=r"^study.compare: 'exo-rw_nc3' is not a configuration "
+                                          r"\(those are \['dpo-pref_nc2', "):
+        check_constraints(plan)
 
 
 def test_smol_preset_aligns_at_its_validation_picks_and_its_grid_adds_each_lr():

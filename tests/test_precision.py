@@ -14,8 +14,8 @@ import torch
 
 from exoflow.align import batch_loss, sequence_logps
 from exoflow.align_data import AlignCollator, encode_align
+from exoflow.config import AlignParams
 from exoflow.modeling import build_scratch_model, load_tokenizer
-from exoflow.params import AlignParams
 from exoflow.refcache import read_ref_cache
 from tests.helpers import copy_workflow, make_base, make_records, planned_jobs, snakemake
 

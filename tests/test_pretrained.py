@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from exoflow.batching import Encoded, pad_batch
+from exoflow.config import SFTParams
 from exoflow.io import read_json, read_records, write_records
 from exoflow.modeling import load_causal_lm, load_reward_model, load_tokenizer
-from exoflow.params import SFTParams
 from exoflow.sampling import sample_completions
 from exoflow.sft import IGNORE, SFTCollator, encode_sft, train_sft
 from tests.helpers import (

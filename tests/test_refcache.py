@@ -105,7 +105,7 @@ def test_reference_runs_in_the_policys_precision():
     the CPU as on a GPU)."""
     from pathlib import Path
 
-    from exoflow.params import EngineParams, Runtime
+    from exoflow.config import EngineParams, Runtime
     from exoflow.runtime import reference_precision
 
     def rt(dtype, **engine):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exoflow.config_check import ConfigError, check_config
+from exoflow.config.check import ConfigError, check_config
 from exoflow.io import read_json, write_records
 from tests.helpers import (
     ROOT,
@@ -250,8 +250,13 @@ def test_weights_get_the_umask_permissions(base, tmp_path):
     ({"data": {"source": "local", "path": None}, "eval": {"select_by": "reward"}},
      ["data.source = local needs data.path"]),
     ({"data": {"source": "hub"}}, ["eval.select_by = gold needs the synthetic source"]),
-    ({"engine": {"processes": 3}}, ["sft.batch_size = 32 is not a multiple of micro_batch_size "
+    ({"engine": {"processes": 3}}, ["sft.batch_size 32 is not a multiple of micro_batch_size "
                                     "32 x 3 training process(es)"]),
+    ({"sft": {"batch_size": 48}}, ["sft.batch_size 48 is not a multiple of micro_batch_size 32 "
+                                   "x 1 training process(es)"]),
+    ({"align": {"runs": {"exo-rw_nc2": {"loss": "exo-rw", "data": "rm_labels",
+                                        "micro_batch_size": 24}}}},
+     ["align.runs.exo-rw_nc2.batch_size 32 is not a multiple of micro_batch_size 24 x 1"]),
     ({"align": {"defaults": {"lerning_rate": 1e-4}}},
      ["align.defaults.lerning_rate: unknown key (did you mean 'lr'?)"]),
     ({"align": {"seeds": []}}, ["align.seeds: [] should be non-empty"]),
@@ -268,14 +273,14 @@ def test_a_bad_config_is_one_line_without_the_schema(tmp_path):
     prompt, eval.checkpoints 9 over 3), each one line and nothing else (no schema dump)."""
     from dataclasses import fields
 
-    from exoflow.params import AlignParams
+    from exoflow.config import AlignParams
 
     wd = copy_workflow(tmp_path)
     keys = ", ".join(f.name for f in fields(AlignParams))
     for overlay, want in [
             ("align:\n  defaults:\n    lerning_rate: 1.0e-4\n",
              f"error: align.defaults.lerning_rate: unknown key (did you mean 'lr'?); the keys "
-             f"are {keys}"),
+             f"of align.defaults are {keys}"),
             ("align:\n  defaults:\n    num_contrastive: 4\n",
              "error: align.defaults.num_contrastive (run exo-rw_nc2) = 4 does not divide the 2 "
              "candidates per prompt of its data rm_labels (sample.num_return = 2); set "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from exoflow.config_check import check_config
+from exoflow.config.check import check_config
 from exoflow.estimate import load_config
 from exoflow.resources import Work, job_work, mem_mb, model_size, runtime_min
 from tests.helpers import copy_workflow, make_family, snakemake

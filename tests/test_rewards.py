@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from exoflow.config import LayoutParams
 from exoflow.io import read_records, write_records
 from exoflow.modeling import build_scratch_model, load_reward_model, train_tokenizer
-from exoflow.params import LayoutParams
 from exoflow.rewards import label_file, load_scorer, score_texts
 from exoflow.stats import summarize
 from tests.helpers import script_module

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from exoflow.batching import Encoded, pad_batch
+from exoflow.config import RMParams
 from exoflow.io import read_json, read_records
-from exoflow.params import RMParams
 from exoflow.rm import (
     RewardTrainer,
     RMCollator,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from exoflow.config import GenerationParams, SampleParams
 from exoflow.io import read_records, write_records
 from exoflow.modeling import build_scratch_model, load_tokenizer, train_tokenizer
-from exoflow.params import GenerationParams, SampleParams
 from exoflow.sampling import (
     TurnStop,
     _turn_end_tokens,

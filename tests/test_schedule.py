@@ -14,8 +14,8 @@ import math
 import pytest
 import yaml
 
+from exoflow.config import AlignParams
 from exoflow.errors import ParamsError
-from exoflow.params import AlignParams
 from exoflow.plan import Plan
 from exoflow.schedule import checkpoint_schedule, lr_at
 from tests.helpers import ROOT

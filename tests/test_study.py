@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from exoflow.config_check import ConfigError, check_config
+from exoflow.config.check import ConfigError, check_config
 from exoflow.io import write_json, write_records
 from exoflow.plan import Plan, expand_grid
 from exoflow.study import across_seeds, paired_bootstrap, study_tables

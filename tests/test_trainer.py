@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from exoflow.config import EngineParams, Runtime, SFTParams
 from exoflow.errors import ParamsError
 from exoflow.io import read_json, read_records, write_json
-from exoflow.params import EngineParams, Runtime, SFTParams
 from exoflow.runtime import gradient_accumulation_steps
 from exoflow.trainer import make_training_args
 from exoflow.workdir import PARAMS_FILE, last_checkpoint, run_trainer
@@ -45,8 +45,6 @@ def test_shipped_config_sections_parse():
 
 
 def test_bad_values_are_refused_with_what_to_set():
-    with pytest.raises(ParamsError, match="not a multiple of micro_batch_size"):
-        SFTParams.from_dict(tiny_stage(batch_size=10))
     with pytest.raises(ParamsError, match="max_gen_len < max_len"):
         SFTParams.from_dict(tiny_stage(max_gen_len=64))
     with pytest.raises(ParamsError, match="dtype"):
@@ -66,8 +64,12 @@ def test_gradient_accumulation_steps():
     assert gradient_accumulation_steps(64, 8, 8) == 1
     assert gradient_accumulation_steps(64, 8, 1) == 8
     assert gradient_accumulation_steps(64, 4, 4) == 4
-    with pytest.raises(ParamsError, match=r"64 is not divisible by micro_batch_size 8 x 3"):
+    with pytest.raises(ParamsError, match=r"batch_size 64 is not a multiple of micro_batch_size 8 "
+                       r"x 3 training process\(es\)"):
         gradient_accumulation_steps(64, 8, 3)
+    with pytest.raises(ParamsError, match=r"batch_size 10 is not a multiple of micro_batch_size 4 "
+                       r"x 1 "):
+        gradient_accumulation_steps(10, 4, 1)
 
 
 def test_training_args(tmp_path):
@@ -170,7 +172,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def plain_rm(tiny, tmp_path_factory):
-    from exoflow.params import RMParams
+    from exoflow.config import RMParams
     from exoflow.rm import train_rm
 
     d = tmp_path_factory.mktemp("plain_rm")
@@ -221,7 +223,7 @@ def test_deepspeed_zero2_on_cpu(tiny, plain_rm, tmp_path, launcher):
 _DS_DRIVER = """
 import json, sys
 from transformers import TrainerCallback
-from exoflow.params import Runtime, SFTParams
+from exoflow.config import Runtime, SFTParams
 from exoflow.sft import train_sft
 base, train, test, d, kill, stage, engine = sys.argv[1:]
 class Kill(TrainerCallback):
@@ -275,7 +277,7 @@ def test_stages_draw_length_grouped_batches(tiny, tmp_path, group):
     """SFT and RM trainers get the seeded length-grouped sampler by default, over each
     example's length (RM: the longer of its pair); group_by_length: false keeps random batches."""
     import exoflow.trainer as trainer
-    from exoflow.params import RMParams
+    from exoflow.config import RMParams
     from exoflow.rm import train_rm
     from exoflow.sft import train_sft
 

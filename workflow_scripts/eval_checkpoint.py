@@ -16,7 +16,7 @@ The SFT model itself is checkpoint 0: --policy equal to --sft and --samples equa
 """
 
 from exoflow import cli
-from exoflow.params import EvalParams
+from exoflow.config import EvalParams
 
 
 def make_parser():

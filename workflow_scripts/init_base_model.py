@@ -6,7 +6,7 @@
 """
 
 from exoflow import cli
-from exoflow.params import ScratchParams
+from exoflow.config import ScratchParams
 
 
 def make_parser():

@@ -10,7 +10,7 @@ prompts (exoflow.judge).
 """
 
 from exoflow import cli
-from exoflow.params import JudgeParams
+from exoflow.config import JudgeParams
 
 
 def make_parser():

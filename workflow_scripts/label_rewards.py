@@ -7,7 +7,7 @@
 """
 
 from exoflow import cli
-from exoflow.params import LayoutParams
+from exoflow.config import LayoutParams
 
 
 def make_parser():

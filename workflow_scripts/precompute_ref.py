@@ -11,7 +11,7 @@ seed 42, 175 steps of 128 prompts, random batches train on (exoflow/order.py); t
 """
 
 from exoflow import cli
-from exoflow.params import Runtime
+from exoflow.config import Runtime
 
 
 def make_parser():

@@ -6,7 +6,7 @@
 """
 
 from exoflow import cli
-from exoflow.params import DataParams
+from exoflow.config import DataParams
 
 
 def make_parser():

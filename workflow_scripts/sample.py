@@ -8,7 +8,7 @@
 """
 
 from exoflow import cli
-from exoflow.params import GenerationParams
+from exoflow.config import GenerationParams
 
 
 def make_parser():

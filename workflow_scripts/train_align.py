@@ -18,7 +18,7 @@ last checkpoint in --work-dir.
 """
 
 from exoflow import cli
-from exoflow.params import AlignParams, Runtime
+from exoflow.config import AlignParams, Runtime
 
 
 def make_parser():

@@ -14,7 +14,7 @@ A restarted job resumes from the last checkpoint in --work-dir.
 """
 
 from exoflow import cli
-from exoflow.params import Runtime
+from exoflow.config import Runtime
 
 
 def make_parser():
@@ -36,8 +36,8 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     import json
 
+    from exoflow.config import RMParams, SFTParams
     from exoflow.modeling import folder_of
-    from exoflow.params import RMParams, SFTParams
 
     if args.stage == "sft":
         from exoflow.sft import train_sft as train

@@ -59,7 +59,7 @@ def alignment_loss(loss, policy_logps, ref_logps, rewards, beta_pi: float, beta_
     (None: ``align.defaults``' default)."""
     from dataclasses import fields
 
-    from ..params import AlignParams
+    from ..config import AlignParams
     from .core import group_loss_mean
 
     if pref_log_eps is None:  # the config's default

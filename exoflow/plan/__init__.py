@@ -3,43 +3,38 @@ checkpoints, file names, evaluation targets and the command prefixes of GPU jobs
 
 No torch or Snakemake import: ``rules/common.smk`` builds one :class:`Plan` while the Snakefile
 is parsed and its input functions call it; the tests call it directly. Every value comes from
-the parameter objects of :mod:`exoflow.params` (``Plan.cfg``), so no default is stated here.
+the parameter objects of :mod:`exoflow.config` (``Plan.cfg``), so no default is stated here.
 
 Paths are relative to the results folder ``results/<run_name>/`` (:attr:`Plan.results`).
 """
 
 from __future__ import annotations
 
-from ..errors import ParamsError
-from ..params import Config
+from ..config import Config
 from .launch import Launch
 from .layout import Layout
 from .runs import Runs, expand_grid, rule_name
 from .targets import Targets
 
-__all__ = ["Plan", "expand_grid", "rule_name"]
+__all__ = ["RESERVED_RUNS", "Plan", "expand_grid", "rule_name"]
 
 RESERVED_RUNS = ("sft", "dataset")  # eval/sft/ckpt0 is the SFT model, eval/dataset the data
 
 
 class Plan(Runs, Layout, Launch, Targets):
     """Everything the rules need to know, computed from ``config`` (a mapping, validated into
-    :class:`exoflow.params.Config`) and the shell word that runs Python (``python``: the
+    :class:`exoflow.config.Config`) and the shell word that runs Python (``python``: the
     interpreter Snakemake runs in, quoted). Its parts, one concern each: :class:`Runs`,
     :class:`Layout`, :class:`Launch`, :class:`Targets`."""
 
     def __init__(self, config: dict, python: str = "python"):
         self.cfg = config if isinstance(config, Config) else Config.from_dict(config)
         self.python = python
-        bad = [r for r in self.align_runs() if r in RESERVED_RUNS]
-        if bad:
-            raise ParamsError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
-                              "model, eval/dataset the dataset's own responses); rename the run")
         for run in self.align_runs():
             self.run_params(run)  # every run resolves to valid parameters
 
     def data_params(self, split: str):
-        """The data section as one split sees it (:meth:`exoflow.params.DataParams.for_split`)."""
+        """The data section as one split sees it (:meth:`exoflow.config.DataParams.for_split`)."""
         return self.cfg.data.for_split(split)
 
     def is_synthetic(self) -> bool:

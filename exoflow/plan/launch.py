@@ -6,7 +6,7 @@ other parts' methods)."""
 from __future__ import annotations
 
 from .. import gpus
-from ..params import EngineParams, Runtime
+from ..config import EngineParams, Runtime
 from ..resources import snakemake_resources
 
 __all__ = ["Launch"]

@@ -9,9 +9,9 @@ import functools
 import itertools
 import re
 
+from ..config import AlignParams, check_run_name
 from ..errors import ParamsError
 from ..losses import Loss, make_loss
-from ..params import AlignParams, check_run_name
 from ..schedule import Visits, checkpoint_schedule
 
 __all__ = ["Runs", "expand_grid", "rule_name"]
@@ -74,8 +74,8 @@ class Runs:
     @functools.cached_property
     def _configurations(self) -> dict[str, dict]:
         a = self.cfg.align
-        out = {name: dict(entry or {}) for name, entry in a.runs.items()}
-        resolved = lambda e: dict(a.defaults, **e)  # noqa: E731
+        out = {name: entry.given() for name, entry in a.runs.items()}
+        resolved = lambda e: dict(a.defaults.given(), **e)  # noqa: E731
         for n, sweep in enumerate(a.grid or []):
             for name, entry in expand_grid(sweep, f"align.grid[{n}]"):
                 if name in out and resolved(out[name]) != resolved(entry):
@@ -157,7 +157,8 @@ class Runs:
         entry (its seed is the engine's, :meth:`runtime`)."""
         conf = self.run_configuration(run)
         entry = self.configurations()[conf]
-        return AlignParams.from_dict(dict(self.cfg.align.defaults, **entry), self.where(run))
+        return AlignParams.from_dict(dict(self.cfg.align.defaults.given(), **entry),
+                                     self.where(run))
 
     def run_loss(self, run: str) -> Loss:
         """A run's loss (:mod:`exoflow.losses`), its hyperparameters checked."""
@@ -219,7 +220,7 @@ class Runs:
         align.runs or a grid point) sets against the defaults: an override a config file left
         behind shows before anything runs."""
         keys = ["loss", "data", "num_contrastive", *self.varying_keys()]
-        defaults = self.cfg.align.defaults
+        defaults = self.cfg.align.defaults.given()
         extra = sorted({k for r in self.align_runs()
                         for k in self.configurations()[self.run_configuration(r)]
                         if k not in keys and k in defaults})
@@ -233,20 +234,13 @@ class Runs:
         return out
 
     def comparisons(self) -> list[tuple[str, str]]:
-        """``study.compare``: pairs of configurations ``[a, b]`` (the difference a - b)."""
-        confs = self.configurations()
-        out = []
-        for a, b in self.cfg.study.compare:
-            for c in (a, b):
-                if c not in confs:
-                    raise ParamsError(f"study.compare: {c!r} is not a configuration "
-                                      f"(those are {sorted(confs)})")
-            out.append((a, b))
-        return out
+        """``study.compare``: pairs of configurations ``[a, b]`` (the difference a - b; that
+        both are configurations is a rule of :mod:`exoflow.config.constraints`)."""
+        return [(a, b) for a, b in self.cfg.study.compare]
 
     def eval_checkpoints(self, run: str) -> list[int]:
         """The evaluated checkpoints of a run: 1..eval.checkpoints (never more than the run has:
-        exoflow.constraints refuses that)."""
+        exoflow.config.constraints refuses that)."""
         return list(range(1, self.cfg.eval.checkpoints + 1))
 
     def eval_scoring(self) -> dict:

@@ -42,7 +42,7 @@ def tiny_stage(**kw) -> dict:
 def tiny_runtime(**kw):
     """A CPU Runtime, one thread, a Trainer checkpoint every 2 steps; ``kw`` are engine keys
     or the Runtime's own (dtype, lora, seed)."""
-    from exoflow.params import EngineParams, Runtime
+    from exoflow.config import EngineParams, Runtime
 
     own = {k: kw.pop(k) for k in ("dtype", "lora", "seed") if k in kw}
     engine = EngineParams(**dict(dict(logging_steps=1, checkpoint_every=2, num_threads=1), **kw))
@@ -52,7 +52,7 @@ def tiny_runtime(**kw):
 def train_stage(stage: str, data, folder: Path, **runtime):
     """SFT or the RM (``stage``) trained from ``data.base`` on ``data.train`` (the ``tiny``
     fixture's), :func:`tiny_stage` parameters, into ``folder``/out; ``(metrics, folder)``."""
-    from exoflow.params import RMParams, SFTParams
+    from exoflow.config import RMParams, SFTParams
     from exoflow.rm import train_rm
     from exoflow.sft import train_sft
 
@@ -64,7 +64,7 @@ def train_stage(stage: str, data, folder: Path, **runtime):
 
 def align_params(**kw):
     """16 prompts, 4 per step in 2 micro-batches of 2: 4 steps per epoch."""
-    from exoflow.params import AlignParams
+    from exoflow.config import AlignParams
 
     d = dict(loss="exo-rw", data="rm_labels", lr=1e-3, batch_size=4, micro_batch_size=2,
              max_steps=4, save_every=2, max_len=64, max_gen_len=24, temp=0.8)

