@@ -266,7 +266,7 @@ def test_align_defaults_and_runs_are_typed_partial_sections_of_a_run():
 
     refused({"x": {"loss": "exo-rw"}}, r"^align.runs.x: missing key\(s\) data$")
     refused({"x": 3}, r"^align.runs.x must be a mapping of its keys")
-    refused({"a/b": {"loss": "exo-rw", "data": "p2r"}}, r"^align.runs: run name 'a/b' may hold")
+    refused({"a/b": {"loss": "exo-rw", "data": "p2r"}}, r"^align.runs: 'a/b' may hold letters")
     refused({"x": {"loss": "exo-rw", "data": "p2r", "num_contrastive": 1}},
             r"^align.runs.x.num_contrastive must be >= 2, got 1")
     refused({"x": {"loss": "exo-rw", "data": "p2r", "lr_horizon": "epochs"}},

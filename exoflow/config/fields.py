@@ -46,10 +46,13 @@ def param(default: Any = MISSING, help: str = "", *, factory=None, minimum=None,
 
 
 def check_run_name(name: str, where: str) -> None:
-    """A run's name is a file name: letters, digits, '.', '_' and '-', not '.' or '..'."""
-    if not re.match(RUN_NAME, name) or name in (".", ".."):
-        raise ParamsError(f"{where}: run name {name!r} may hold letters, digits, '.', '_' and "
-                          "'-' only, and is not '.' or '..'")
+    """A name that becomes a folder (``run_name``, a run's): letters, digits, '.', '_' and
+    '-', and not '.' or '..' (the rule of every field with ``pattern=RUN_NAME``)."""
+    if name in (".", ".."):
+        raise ParamsError(f"{where}: {name!r} names a folder of the path itself (its outputs "
+                          "would land outside their own folder); give a name")
+    if not re.match(RUN_NAME, name):
+        raise ParamsError(f"{where}: {name!r} may hold letters, digits, '.', '_' and '-' only")
 
 
 def _closest(name: str, known) -> str:
@@ -153,7 +156,7 @@ class Section:
             inner, _ = split_optional(hints[f.name])
             entry = mapping_of(inner)
             if entry is not None and isinstance(value, dict):
-                value = {name: _section_value(entry, v, f"{where}.{name}", f.metadata, where)
+                value = {name: _entry(entry, name, v, f.metadata, where)
                          for name, v in value.items()}
                 setattr(self, f.name, value)
             elif is_section(inner) and isinstance(value, dict):
@@ -236,12 +239,12 @@ def _plain(value):
     return value
 
 
-def _section_value(cls, value, where: str, meta, mapping_where: str):
-    """One named entry of a ``dict[str, cls]`` field: its name checked against the field's
-    ``pattern``, its value a ``cls`` (built from a mapping)."""
-    name = where.rsplit(".", 1)[-1]
+def _entry(cls, name: str, value, meta, mapping_where: str):
+    """The entry ``name`` of a ``dict[str, cls]`` field (at ``mapping_where``): its name
+    checked against the field's ``pattern``, its value a ``cls`` (built from a mapping)."""
     if meta.get("pattern") == RUN_NAME:
         check_run_name(name, mapping_where)
+    where = f"{mapping_where}.{name}"
     if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
@@ -304,11 +307,10 @@ def _check_bounds(value, meta, where: str) -> None:
     if meta.get("choices") and value not in meta["choices"]:
         raise ParamsError(f"{where} must be one of {list(meta['choices'])}, got {value!r}"
                           f"{_closest(str(value), meta['choices'])}")
-    if meta.get("pattern") and isinstance(value, str) and not re.match(meta["pattern"], value):
-        raise ParamsError(f"{where} {value!r} may hold letters, digits, '.', '_' and '-' only")
-    if meta.get("pattern") == RUN_NAME and value in (".", ".."):
-        raise ParamsError(f"{where} {value!r} names a folder of the path itself (its outputs "
-                          "would land outside their own folder); give a name")
+    if meta.get("pattern") == RUN_NAME and isinstance(value, str):
+        check_run_name(value, where)
+    elif meta.get("pattern") and isinstance(value, str) and not re.match(meta["pattern"], value):
+        raise ParamsError(f"{where}: {value!r} does not match {meta['pattern']}")
     if not isinstance(value, (int, float)):
         return
     tests = [("minimum", lambda b: value >= b, ">="), ("maximum", lambda b: value <= b, "<="),
