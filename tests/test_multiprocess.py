@@ -131,6 +131,7 @@ def test_the_rules_launch_engine_processes():
     assert Plan(cfg, python="py").processes() == 4  # null: one per GPU (the original's 4)
 
 
+@pytest.mark.slow  # a minute; test_trainer runs ZeRO-2 under torchrun by default
 def test_lora_under_zero2_with_two_processes(tiny):
     """LoRA RM training in 2 processes with DeepSpeed ZeRO-2 = 1 process, plain PyTorch: the
     same loss at every step and the same merged weights saved (a plain folder)."""

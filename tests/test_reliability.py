@@ -117,6 +117,7 @@ QUICK = {"data": {"synthetic": {"num_train": 1500, "num_test": 16}},
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # 40 s; the job lock's refusal: test_a_second_process_making_the_same_outputs_exits_naming_the_first
 def test_three_snakemakes_never_run_one_job_twice(tmp_path):
     """A trains SFT; B, on another target in the same folder (another run_name: no file in
     common, so Snakemake lets it run beside A), exits and so removes
