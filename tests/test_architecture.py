@@ -105,3 +105,16 @@ def test_a_loss_is_reached_by_the_alignment_jobs_only():
                  "eval_checkpoint", "summarize"):
         closure = package_closure(scripts / f"{name}.py", PACKAGE)
         assert not [m for m in closure if m.startswith("exoflow.losses")], name
+
+
+def test_the_scripts_reach_the_config_sections_and_not_the_dry_runs_checks():
+    """Every workflow script reads its parameters from the config's sections; none reaches the
+    schema (which reads the losses), the constraints table or the dry run's checks (which read
+    the plan): exoflow/config/__init__.py imports the sections only, so an edit to a check
+    re-runs no job."""
+    checks = {"exoflow.config.schema", "exoflow.config.constraints", "exoflow.config.check",
+              "exoflow.plan"}
+    for script in sorted((ROOT / "workflow_scripts").glob("*.py")):
+        closure = set(package_closure(script, PACKAGE))
+        assert "exoflow.config.fields" in closure, script.name
+        assert not checks & closure, (script.name, checks & closure)
