@@ -155,15 +155,14 @@ class Section:
                 continue
             inner, _ = split_optional(hints[f.name])
             entry = mapping_of(inner)
+            if is_section(inner):
+                value = _section_value(hints[f.name], value, where)
+            else:
+                _check_type(value, hints[f.name], where)
             if entry is not None and isinstance(value, dict):
                 value = {name: _entry(entry, name, v, f.metadata, where)
                          for name, v in value.items()}
-                setattr(self, f.name, value)
-            elif is_section(inner) and isinstance(value, dict):
-                value = inner.from_dict(value, where)
-                setattr(self, f.name, value)
-            elif not (is_section(inner) and isinstance(value, inner)):
-                _check_type(value, hints[f.name], where)
+            setattr(self, f.name, value)
             _check_bounds(value, f.metadata, where)
 
     def where(self, key: str | None = None) -> str:
@@ -224,8 +223,10 @@ class Section:
         what a job that reads only those keys is given, so that the others re-run nothing."""
         return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
 
-    def default_of(self, key: str):
-        f = next(f for f in fields(self) if f.name == key)
+    @classmethod
+    def default_of(cls, key: str):
+        """The default of the field ``key``."""
+        f = next(f for f in fields(cls) if f.name == key)
         return f.default_factory() if f.default is MISSING else f.default
 
 
@@ -239,18 +240,20 @@ def _plain(value):
     return value
 
 
+def _section_value(tp, value, where: str):
+    """``value`` of a section-typed annotation ``tp`` (``S`` or ``S | None``): a mapping
+    built into the section; an instance, or None where allowed, as it is."""
+    _check_type(value, tp, where)
+    inner, _ = split_optional(tp)
+    return inner.from_dict(value, where) if isinstance(value, dict) else value
+
+
 def _entry(cls, name: str, value, meta, mapping_where: str):
     """The entry ``name`` of a ``dict[str, cls]`` field (at ``mapping_where``): its name
-    checked against the field's ``pattern``, its value a ``cls`` (built from a mapping)."""
+    checked against the field's ``pattern``, its value a ``cls``."""
     if meta.get("pattern") == RUN_NAME:
         check_run_name(name, mapping_where)
-    where = f"{mapping_where}.{name}"
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ParamsError(f"{where} must be a mapping of its keys ({where}.<key>: <value>), "
-                          f"got {value!r}")
-    return cls.from_dict(value, where)
+    return _section_value(cls, value, f"{mapping_where}.{name}")
 
 
 class _Unset:

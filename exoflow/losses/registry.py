@@ -57,13 +57,11 @@ def alignment_loss(loss, policy_logps, ref_logps, rewards, beta_pi: float, beta_
     ``loss`` a :class:`Loss` or a config's ``loss`` (a name, or a mapping with its own
     hyperparameters), whose shared keys are ``beta_pi``, ``beta_r`` and ``pref_log_eps``
     (None: ``align.defaults``' default)."""
-    from dataclasses import fields
-
     from ..config import AlignParams
     from .core import group_loss_mean
 
     if pref_log_eps is None:  # the config's default
-        pref_log_eps = next(f.default for f in fields(AlignParams) if f.name == "pref_log_eps")
+        pref_log_eps = AlignParams.default_of("pref_log_eps")
     if not isinstance(loss, Loss):
         if loss_name(loss) not in LOSSES:
             raise ValueError(f"unknown loss_type {loss_name(loss)!r}; expected one of "
