@@ -321,3 +321,18 @@ def read_json(path: str | os.PathLike, hint: str = REMAKE) -> Any:
         raise _decode_error(path, e.lineno, e, hint) from None
     except ValueError as e:
         raise _decode_error(path, _line_of(text, e), e, hint) from None
+
+
+def model_config(folder: str | os.PathLike) -> dict:
+    """A model folder's config.json as one mapping: a key the top level lacks (or sets to
+    null) taken from ``text_config``, where multimodal models (Gemma 3, Llava) nest their text
+    model's settings; ``{}`` when the file is missing or not a JSON object."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    nested = cfg.get("text_config")
+    nested = nested if isinstance(nested, dict) else {}
+    return {**nested, **{k: v for k, v in cfg.items() if v is not None}}

@@ -35,6 +35,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io import model_config
+
 __all__ = ["Work", "count_records", "job_work", "mem_mb", "model_size", "runtime_min", "snakemake_resources", "train_steps"]
 
 CPU_FLOPS_PER_THREAD = 25e9
@@ -55,12 +57,7 @@ def model_size(folder) -> tuple[int, int]:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    try:
-        cfg = json.loads((d / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    vocab = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size") or 0
-    return params, int(vocab)
+    return params, int(model_config(d).get("vocab_size") or 0)
 
 
 @dataclass

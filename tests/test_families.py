@@ -240,6 +240,34 @@ def test_a_gguf_files_positions_are_read_from_its_metadata(tmp_path):
         sequences_fit_positions(plan)
 
 
+def test_a_multimodal_config_is_read_through_its_text_config(tmp_path):
+    """A key the top level of config.json lacks or sets to null comes from text_config (where
+    Gemma 3 and Llava keep their text model's settings), a top-level value wins: the position
+    limit, the vocabulary of the tokenizer check and of the cluster's requests read the same
+    (a null at the top once hid text_config's limit, and the positions check passed)."""
+    import json
+
+    from exoflow.config.constraints import model_positions
+    from exoflow.io import model_config
+    from exoflow.plan import Plan
+    from tests.helpers import TINY, merged
+
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "mm", "max_position_embeddings": None, "vocab_size": 500,
+        "text_config": {"max_position_embeddings": 128, "vocab_size": 300}}))
+    cfg = model_config(folder)
+    assert (cfg["model_type"], cfg["max_position_embeddings"], cfg["vocab_size"]) == ("mm", 128,
+                                                                                     500)
+    plan = Plan(merged(TINY, {"model": {"init": str(folder)}}))
+    assert model_positions(plan) == (128, f"max_position_embeddings = 128 in {folder}/"
+                                          "config.json")
+    assert model_config(tmp_path / "absent") == {}
+    (folder / "config.json").write_text("{not json")
+    assert model_config(folder) == {}
+
+
 def test_a_sequence_longer_than_the_models_positions_is_refused_by_the_dry_run(tmp_path):
     """GPT-2's n_positions = 128 under the tiny preset's max_len 256: the dry run refuses it,
     naming the key, the length and the model's limit; a GGUF model.init plans its import."""

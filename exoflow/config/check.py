@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ExoflowError
+from ..io import model_config
 from ..modeling import ModelLoadError, check_model_dir
 from ..plan import Plan
 from .constraints import ConfigError, check_constraints
@@ -99,12 +100,8 @@ def check_vocabulary(folder: Path) -> None:
     """The tokenizer of a model.init folder fits its embedding (config.json's vocab_size): a
     larger one would feed ids past the embedding (an IndexError on the CPU, a device-side
     assert on a GPU) in the middle of SFT."""
-    try:
-        model_json = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    nested = "text_config"  # multimodal models nest their text model's settings there
-    size = model_json.get("vocab_size") or (model_json.get(nested) or {}).get("vocab_size")
+    model_json = model_config(folder)  # the model's config.json, not the workflow's
+    size = model_json.get("vocab_size")
     n = tokenizer_ids(folder)
     if isinstance(size, int) and n is not None and n > size:
         raise ConfigError(

@@ -11,12 +11,11 @@ rule, and a line in :data:`CONSTRAINTS`. Torch-free.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ExoflowError, ParamsError
-from ..io import find_split_file
+from ..io import find_split_file, model_config
 from ..modeling import gguf_metadata
 from ..plan import RESERVED_RUNS, Plan
 from ..runtime import gradient_accumulation_steps
@@ -158,10 +157,7 @@ def model_positions(plan: Plan) -> tuple[int, str] | None:
     if m.is_gguf:
         return gguf_positions(Path(m.init).expanduser())
     cfg = Path(m.init).expanduser() / "config.json"
-    if not cfg.is_file():
-        return None
-    data = json.loads(cfg.read_text())
-    data = {**(data["text_config"] if "text_config" in data else {}), **data}  # multimodal
+    data = model_config(cfg.parent)
     for key in POSITION_KEYS:
         if isinstance(data.get(key), int):
             return data[key], f"{key} = {data[key]} in {cfg}"
