@@ -183,6 +183,9 @@ def test_the_run_table_shows_an_override_an_overlay_left_behind():
         "loss": "exo-rw", "data": "rm_labels", "beta_r": 0.1}}}}))
     assert sweep.varying_keys() == ["lr", "beta_r"]
     assert sweep.run_table()[0].endswith("lr=0.0001 beta_r=0.1*")
+    ipo = Plan(merged(TINY, {"align": {"runs": {"ipo_nc2": {
+        "loss": {"name": "ipo", "tau": 0.05}, "data": "p2r"}}}}))
+    assert ipo.run_table()[-1].startswith("ipo_nc2 (seed 42): loss=ipo(tau=0.05) data=p2r ")
 
 
 def test_a_runs_loss_is_checked_by_the_plan():

@@ -227,7 +227,8 @@ class Runs:
         out = []
         for run in self.align_runs():
             own = self.configurations()[self.run_configuration(run)]
-            d = self.run_params(run).to_dict()
+            p = self.run_params(run)
+            d = dict(p.to_dict(), loss=p.loss_label)  # ipo(tau=0.05), as the summary says
             cells = [f"{k}={d[k]}{'*' if k in own and own[k] != defaults.get(k, own[k]) else ''}"
                      for k in [*keys, *extra]]
             out.append(f"{run} (seed {self.run_seed(run)}): " + " ".join(cells))
